@@ -1,0 +1,17 @@
+"""Child registries of mmengine's root registries, scope ``convnext_dense``.
+
+Anything registered here is reachable from mmdet / mmseg / mmpretrain configs as
+``type='convnext_dense.<Name>'`` once ``convnext_dense`` is imported (for example through
+``custom_imports=dict(imports=['convnext_dense'])``).
+"""
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import Registry
+
+SCOPE = 'convnext_dense'
+
+MODELS = Registry('model', parent=ROOT_MODELS, scope=SCOPE,
+                  locations=['convnext_dense.models'])
+OPTIM_WRAPPER_CONSTRUCTORS = Registry(
+    'optimizer wrapper constructor', parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS, scope=SCOPE,
+    locations=['convnext_dense.engine'])

@@ -1,0 +1,226 @@
+"""ConvNeXt backbone: equality with timm, checkpoint layouts, counts, freezing, checkpointing."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from convnext_dense.models import ConvNeXt, convert_checkpoint, load_backbone_checkpoint
+from convnext_dense.models.backbones.convnext import ARCHS
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_ARCH = dict(depths=[1, 2, 1, 1], dims=[8, 16, 24, 32])
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter (layer scale, GRN, norms included) a non-trivial value."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith(('gamma', 'grn.weight')) or 'norm' in name and 'weight' in name:
+                param.copy_(1 + 0.3 * noise)  # layer scale ~1: every block matters
+            elif param.dim() == 1 or 'grn' in name:
+                param.copy_(0.1 * noise)
+            else:
+                param.copy_(noise * (1.0 / param[0].numel()) ** 0.5)
+
+
+def timm_stage_outputs(model, x):
+    x = model.stem(x)
+    outs = []
+    for stage in model.stages:
+        x = stage(x)
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize('timm_name,arch', [('convnext_tiny', 'tiny'),
+                                            ('convnextv2_atto', 'v2-atto')])
+def test_equals_timm_after_conversion(timm_name, arch):
+    reference = timm.create_model(timm_name, pretrained=False).eval()
+    randomize_(reference)
+    ours = ConvNeXt(arch).eval()
+    randomize_(ours, seed=1)  # own norm{i} stay random; everything else comes from timm
+    result = ours.load_state_dict(convert_checkpoint(reference.state_dict()), strict=False)
+    assert sorted(result.missing_keys) == [f'norm{i}.{p}' for i in range(4)
+                                           for p in ('bias', 'weight')]
+    assert result.unexpected_keys == []
+
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected = [getattr(ours, f'norm{i}')(y) for i, y in
+                    enumerate(timm_stage_outputs(reference, x))]
+        got = ours(x)
+    assert [tuple(y.shape) for y in got] == [(2, d, 96 // s, 128 // s) for d, s in
+                                             zip(ours.dims, (4, 8, 16, 32))]
+    for y, e in zip(got, expected):
+        assert (y - e).abs().max().item() < 1e-5
+
+
+def to_mmpretrain_layout(state_dict):
+    """Rename our keys the way mmpretrain / mmdet 3.x name them."""
+    converted = {}
+    for key, value in state_dict.items():
+        key = (key.replace('.dwconv.', '.depthwise_conv.').replace('.pwconv1.', '.pointwise_conv1.')
+               .replace('.pwconv2.', '.pointwise_conv2.'))
+        if '.grn.' in key:
+            value = value.flatten()
+        converted['backbone.' + key] = value
+    converted['head.fc.weight'] = torch.zeros(1000, 8)
+    return converted
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'v2-atto'])
+def test_mmpretrain_layout_round_trip(arch):
+    source = ConvNeXt(arch).eval()
+    randomize_(source)
+    target = ConvNeXt(arch).eval()
+    result = target.load_state_dict(convert_checkpoint(to_mmpretrain_layout(source.state_dict())))
+    assert not result.missing_keys and not result.unexpected_keys
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(source(x), target(x)):
+            assert torch.equal(a, b)
+
+
+def test_official_layouts_are_identity_and_heads_dropped():
+    model = ConvNeXt('v2-atto')
+    own = model.state_dict()
+    classification = {'model': {**{k: v for k, v in own.items() if not k.startswith('norm')},
+                                'norm.weight': torch.ones(320), 'head.weight': torch.ones(10, 320)}}
+    converted = convert_checkpoint(classification)
+    assert set(converted) == {k for k in own if not re.match(r'norm\d', k)}
+    dense = {'state_dict': {**{'backbone.' + k: v for k, v in own.items()},
+                            'neck.lateral_convs.0.conv.weight': torch.ones(1)}}
+    converted = convert_checkpoint(dense)
+    assert list(converted) == list(own)
+    assert all(converted[k] is own[k] for k in own)
+
+
+# Backbone parameters with the four stage norms (ConvNeXt paper and official dense configs).
+V1_PARAMS = {'tiny': 27.82, 'small': 49.46, 'base': 87.57, 'large': 196.23, 'xlarge': 348.15}
+# ImageNet classifier parameters, ConvNeXt V2 paper Table: backbone + final norm + 1000-way fc.
+V2_PARAMS = {'v2-atto': 3.7, 'v2-femto': 5.2, 'v2-pico': 9.1, 'v2-nano': 15.6, 'v2-tiny': 28.6,
+             'v2-base': 89, 'v2-large': 198, 'v2-huge': 660}
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('arch', list(V1_PARAMS))
+def test_v1_parameter_counts(arch):
+    with torch.device('meta'):
+        model = ConvNeXt(arch, layer_scale_init_value=1.0)
+    assert round(count(model) / 1e6, 2) == V1_PARAMS[arch]
+
+
+@pytest.mark.parametrize('arch', list(V2_PARAMS))
+def test_v2_parameter_counts(arch):
+    with torch.device('meta'):
+        model = ConvNeXt(arch)
+    dims = model.dims
+    classifier = count(model) - 2 * sum(dims) + 2 * dims[3] + 1001 * dims[3]
+    digits = 0 if V2_PARAMS[arch] >= 80 else 1
+    assert round(classifier / 1e6, digits) == V2_PARAMS[arch]
+    assert set(ARCHS) >= set(V2_PARAMS)
+
+
+def test_out_indices_subset_shapes_and_norms():
+    model = ConvNeXt(TINY_ARCH, out_indices=(1, 3))
+    outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(1, 16, 8, 12), (1, 32, 2, 3)]
+    assert all(o.is_contiguous() for o in outs)
+    assert not hasattr(model, 'norm0') and hasattr(model, 'norm3')
+    assert len(ConvNeXt(TINY_ARCH, out_indices=-1)(torch.randn(1, 3, 32, 32))) == 1
+
+
+def test_frozen_stages_no_grad_and_eval_mode():
+    model = ConvNeXt(TINY_ARCH, frozen_stages=1, drop_path_rate=0.5)
+    model.train()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    prefixes = {'.'.join(n.split('.')[:2]) if n.startswith(('stages', 'downsample')) else
+                n.split('.')[0] for n in frozen}
+    assert prefixes == {'downsample_layers.0', 'downsample_layers.1', 'stages.0',
+                                 'stages.1', 'norm0', 'norm1'}
+    assert not model.stages[1].training and model.stages[2].training
+    assert not model.downsample_layers[0].training and model.downsample_layers[2].training
+    sum(o.sum() for o in model(torch.randn(1, 3, 64, 64))).backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
+    assert model.stages[2][0].pwconv1.weight.grad is not None
+
+
+def test_with_cp_same_outputs_and_gradients():
+    x = torch.randn(2, 3, 64, 64)
+    plain = ConvNeXt(TINY_ARCH, layer_scale_init_value=1.0)
+    randomize_(plain)
+    checkpointed = ConvNeXt(TINY_ARCH, layer_scale_init_value=1.0, with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    grads = []
+    for model in (plain, checkpointed):
+        sum((o ** 2).mean() for o in model(x)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    outs = [plain(x), checkpointed(x)]
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_unknown_arch_lists_valid_ones():
+    with pytest.raises(ValueError, match="Unknown ConvNeXt arch 'tinyy'.*tiny, small.*v2-huge"):
+        ConvNeXt('tinyy')
+    with pytest.raises(ValueError, match='missing'):
+        ConvNeXt(dict(depths=[1, 1, 1, 1]))
+
+
+def test_pretrained_init_cfg_converts_timm_checkpoint(tmp_path):
+    reference = timm.create_model('convnextv2_atto', pretrained=False)
+    randomize_(reference)
+    path = tmp_path / 'timm_atto.pth'
+    torch.save(reference.state_dict(), path)
+    model = ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    grn = reference.stages[2].blocks[3].mlp.grn.weight
+    assert torch.equal(model.stages[2][3].grn.gamma.flatten(), grn)
+    assert torch.equal(model.downsample_layers[0][0].weight, reference.stem[0].weight)
+
+
+def test_checkpoint_with_wrong_shape_names_the_key(tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save({'state_dict': ConvNeXt(dict(depths=[1, 2, 1, 1], dims=[8, 16, 24, 40]))
+                .state_dict()}, path)
+    with pytest.raises(ValueError, match=r'stages\.3\.0\.dwconv\.weight: checkpoint '
+                                         r'\(40, 1, 7, 7\) vs model \(32, 1, 7, 7\)'):
+        load_backbone_checkpoint(ConvNeXt(TINY_ARCH), str(path))
+    with pytest.raises(FileNotFoundError, match='missing.pth.*init_cfg'):
+        load_backbone_checkpoint(ConvNeXt(TINY_ARCH), str(tmp_path / 'missing.pth'))
+
+
+def test_load_reports_missing_and_unexpected(tmp_path):
+    state = ConvNeXt(TINY_ARCH).state_dict()
+    state.pop('norm2.weight')
+    state['extra.weight'] = torch.ones(1)
+    path = tmp_path / 'partial.pth'
+    torch.save(state, path)
+    report = load_backbone_checkpoint(ConvNeXt(TINY_ARCH), str(path))
+    assert report == dict(missing=['norm2.weight'], unexpected=['extra.weight'])
+
+
+def test_convert_checkpoint_tool(tmp_path):
+    reference = timm.create_model('convnextv2_atto', pretrained=False)
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'ours.pth'
+    torch.save(reference.state_dict(), src)
+    subprocess.run([sys.executable, str(ROOT / 'tools/convert_checkpoint.py'), str(src), str(dst)],
+                   check=True, capture_output=True)
+    converted = torch.load(dst, weights_only=True)['state_dict']
+    model = ConvNeXt('v2-atto')
+    result = model.load_state_dict(converted, strict=False)
+    assert sorted(result.missing_keys) == [f'norm{i}.{p}' for i in range(4)
+                                           for p in ('bias', 'weight')]
+    assert not result.unexpected_keys
