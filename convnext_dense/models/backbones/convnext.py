@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as activation_checkpoint
-from mmcv.cnn.bricks import DropPath
+from timm.layers import DropPath
 from mmengine.model import BaseModule
 
 from ...registry import MODELS
@@ -175,7 +175,8 @@ class ConvNeXt(BaseModule):
                 LayerNorm2d(self.dims[i - 1], eps=1e-6),
                 nn.Conv2d(self.dims[i - 1], self.dims[i], kernel_size=2, stride=2)))
 
-        rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        total = sum(self.depths)  # drop-path rate rises linearly from 0 over all blocks
+        rates = [drop_path_rate * k / max(total - 1, 1) for k in range(total)]
         self.stages = nn.ModuleList()
         first = 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
