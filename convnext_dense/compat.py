@@ -13,12 +13,31 @@ allowed only through :func:`_history_buffer_getattr`, which reads nothing but Hi
 registered statistics. A file with any other global is refused by
 :func:`load_local_checkpoint` with :class:`UnsafeCheckpointError`, which names the globals. A
 user who trusts such a file sets ``CONVNEXT_DENSE_TRUST_CHECKPOINTS=1`` (off by default).
+
+Package lookup without pkg_resources
+------------------------------------
+mmengine's ``is_installed`` / ``get_installed_path`` / ``package2module`` (used when a config
+names a base as ``mmdet::...``) import ``pkg_resources``, which setuptools >= 82 no longer ships
+and which older ones deprecate (and reload, slowly, on every call). We replace them with
+``importlib.metadata`` equivalents.
+
+Checkpoints survive interruption
+--------------------------------
+mmengine writes a checkpoint straight into its final path, so a run killed while saving leaves
+a truncated ``epoch_N.pth`` that ``last_checkpoint`` may name. Local writes now go to a temporary
+file that is fsync'ed and then renamed, and ``find_latest_checkpoint`` falls back to the newest
+complete checkpoint when ``last_checkpoint`` is missing, empty or names a missing file.
 """
 import functools
+import importlib.metadata
+import importlib.util
 import os
+import os.path as osp
 import pickle
+import re
+import tempfile
 import warnings
-from typing import Callable, List, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,14 +49,18 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds globals outside the weights-only allow-list."""
 
 
+_HISTORY_STATISTICS = {'min', 'max', 'mean', 'current'}  # registered lazily by mmengine
+
+
 def _history_buffer_getattr(obj, name: str):
     """Stand-in for ``builtins.getattr`` inside checkpoints: only HistoryBuffer statistics."""
     from mmengine.logging import HistoryBuffer
-    if obj is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+    allowed = _HISTORY_STATISTICS | set(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and isinstance(name, str) and name in allowed:
         return getattr(HistoryBuffer, name)
     raise UnsafeCheckpointError(
         f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer statistics '
-        f'({", ".join(sorted(HistoryBuffer._statistics_methods))}) may be read while loading.')
+        f'({", ".join(sorted(allowed))}) may be read while loading.')
 
 
 def safe_checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
@@ -68,6 +91,15 @@ def _unsafe_globals(filename: str) -> List[str]:
     return sorted(name for name in found if name not in allowed)
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """The specific reason inside torch's long weights-only error message."""
+    text = str(error)
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1].strip().split('\n\n')[0]
+    return 'a forbidden construct (' + text.strip().splitlines()[0] + ')'
+
+
 def load_local_checkpoint(filename: str, map_location=None):
     """mmengine's loader for local files, weights-only unless the user opted in."""
     filename = os.path.expanduser(filename)
@@ -81,7 +113,7 @@ def load_local_checkpoint(filename: str, map_location=None):
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         names = _unsafe_globals(filename)
-        what = ', '.join(names) if names else str(error).splitlines()[0]
+        what = ', '.join(names) if names else _unpickler_reason(error)
         raise UnsafeCheckpointError(
             f'Refusing to load checkpoint {filename}: it contains {what}, which a weights-only '
             f'load does not allow (loading it could run code from the file). If you trust this '
@@ -95,7 +127,106 @@ def _patch_checkpoint_loading() -> None:
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
 
 
+def package_to_module(package: str) -> str:
+    """Top-level module of an installed distribution (``mmcv-full`` -> ``mmcv``)."""
+    dist = importlib.metadata.distribution(package)
+    top_level = (dist.read_text('top_level.txt') or '').split()
+    if top_level:
+        return top_level[0]
+    raise ValueError(f'can not infer the module name of {package}')
+
+
+def is_installed(package: str) -> bool:
+    """Whether ``package`` is an installed distribution or an importable module."""
+    try:
+        importlib.metadata.distribution(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(package)
+        return spec is not None and spec.origin is not None
+
+
+def get_installed_path(package: str) -> str:
+    """Directory of the installed package ``package`` (editable installs included)."""
+    try:
+        module = package_to_module(package)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        module = package
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        raise importlib.metadata.PackageNotFoundError(package)
+    if spec.origin is None:
+        raise RuntimeError(f'{package} is a namespace package, which is invalid for '
+                           f'`get_install_path`')
+    return osp.dirname(spec.origin)
+
+
+def _patch_package_lookup() -> None:
+    import mmengine.config.config as config_module
+    import mmengine.hub.hub as hub_module
+    import mmengine.utils as utils_module
+    import mmengine.utils.package_utils as package_utils
+    replacements = dict(is_installed=is_installed, get_installed_path=get_installed_path,
+                        package2module=package_to_module)
+    for module in (package_utils, utils_module, config_module, hub_module):
+        for name, function in replacements.items():
+            if hasattr(module, name):
+                setattr(module, name, function)
+
+
+def write_atomically(data: Union[bytes, str], filepath: str, encoding: str = 'utf-8') -> None:
+    """Write ``data`` to ``filepath`` through a temporary file in the same folder + rename, so
+    readers see either the old file or the complete new one, never a partial one."""
+    folder = osp.dirname(osp.abspath(filepath))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(filepath), suffix='.tmp')
+    try:
+        with os.fdopen(handle, 'wb') as f:
+            f.write(data.encode(encoding) if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+_CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+def find_latest_checkpoint(path: str) -> Optional[str]:
+    """The checkpoint named by ``path/last_checkpoint`` if it exists, else the newest
+    ``epoch_N.pth`` / ``iter_N.pth`` in ``path`` (highest N), else None."""
+    save_file = osp.join(path, 'last_checkpoint')
+    if osp.isfile(save_file):
+        with open(save_file) as f:
+            named = f.read().strip()
+        if named and osp.isfile(named):
+            return named
+    candidates = []
+    for name in os.listdir(path) if osp.isdir(path) else []:
+        match = _CHECKPOINT_NAME.match(name)
+        if match:
+            candidates.append((int(match.group(2)), osp.getmtime(osp.join(path, name)), name))
+    return osp.join(path, max(candidates)[2]) if candidates else None
+
+
+def _patch_checkpoint_saving() -> None:
+    import mmengine.runner.checkpoint as checkpoint_module
+    import mmengine.runner.runner as runner_module
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    LocalBackend.put = lambda self, obj, filepath: write_atomically(obj, str(filepath))
+    LocalBackend.put_text = (lambda self, obj, filepath, encoding='utf-8':
+                             write_atomically(obj, str(filepath), encoding))
+    for module in (checkpoint_module, runner_module):
+        module.find_latest_checkpoint = find_latest_checkpoint
+
+
 @functools.lru_cache(maxsize=None)
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     _patch_checkpoint_loading()
+    _patch_package_lookup()
+    _patch_checkpoint_saving()

@@ -4,6 +4,7 @@ Anything registered here is reachable from mmdet / mmseg / mmpretrain configs as
 ``type='convnext_dense.<Name>'`` once ``convnext_dense`` is imported (for example through
 ``custom_imports=dict(imports=['convnext_dense'])``).
 """
+from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import Registry
@@ -15,3 +16,4 @@ MODELS = Registry('model', parent=ROOT_MODELS, scope=SCOPE,
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS, scope=SCOPE,
     locations=['convnext_dense.engine'])
+HOOKS = Registry('hook', parent=ROOT_HOOKS, scope=SCOPE, locations=['convnext_dense.engine'])
