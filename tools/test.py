@@ -1,0 +1,91 @@
+"""Evaluate a checkpoint of a detection ('mmdet') or segmentation ('mmseg') config.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR]
+                         [--tta] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm}]
+
+Segmentation prints mIoU / mAcc / aAcc overall and IoU / Acc per class; detection prints the
+COCO metrics of the config's evaluator.
+"""
+import argparse
+import os.path as osp
+
+from _common import add_common_args, load_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a convnext_dense '
+                                     'detection or segmentation checkpoint')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', help='detection: a .pkl file for the raw predictions; '
+                        'segmentation: a directory for the predicted label maps (PNG)')
+    parser.add_argument('--show-dir', help='write images with the predictions drawn here')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation with the '
+                        "config's tta_model and tta_pipeline (multi-scale + flip)")
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def _enable_show_dir(cfg, show_dir: str) -> None:
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise KeyError('--show-dir needs default_hooks.visualization (DetVisualizationHook or '
+                       'SegVisualizationHook) in the config; add it or drop --show-dir.')
+    hook.draw = True
+    show_dir = osp.abspath(show_dir)
+    if cfg.default_scope == 'mmdet':
+        hook.test_out_dir = show_dir  # an absolute path is used as it is
+    else:
+        hook.interval = 1  # every test image, not every 50th
+        backends = cfg.visualizer.setdefault('vis_backends', [dict(type='LocalVisBackend')])
+        local = [b for b in backends if b.get('type') == 'LocalVisBackend']
+        if not local:
+            backends.append(dict(type='LocalVisBackend'))
+            local = backends[-1:]
+        for backend in local:
+            backend.img_save_dir = show_dir  # joined to save_dir; absolute wins
+
+
+def _enable_tta(cfg, config_path: str) -> None:
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing:
+        raise KeyError(f'--tta: {config_path} defines no {" / ".join(missing)}; add them to '
+                       f'the config (see configs/segmentation/_base_/datasets/ade20k.py).')
+    module = cfg.model
+    if 'tta_test_cfg' in cfg:  # e.g. the official multi-scale test runs on whole images
+        module.test_cfg = cfg.tta_test_cfg
+    cfg.model = dict(**cfg.tta_model, module=module)
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # wrappers such as ConcatDataset / RepeatDataset
+        dataset = dataset.dataset
+    dataset.pipeline = cfg.tta_pipeline
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        _enable_show_dir(cfg, args.show_dir)
+    if args.tta:
+        _enable_tta(cfg, args.config)
+    if args.out and cfg.default_scope == 'mmseg':
+        cfg.test_evaluator.output_dir = args.out
+        cfg.test_evaluator.keep_results = True
+    if args.out and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out {args.out}: detection predictions are written as a pickle; '
+                         f'give a file name ending in .pkl.')
+
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if args.out and cfg.default_scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
