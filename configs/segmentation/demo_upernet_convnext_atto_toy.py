@@ -1,0 +1,89 @@
+# Demo: UperNet + ConvNeXt V2-atto (3.4M-parameter backbone, trained from scratch) on the toy
+# ADE20K-format shapes set (5 classes + background; `make demo-seg` writes it with
+#   python -m convnext_dense.datasets.toy ade data/toy_ade --seed 0).
+# A few minutes on a CPU; the same recipe pieces as the ADE20K configs (SyncBN heads, AdamW with
+# the stage-wise lr-decay constructor, linear warm-up + poly), scaled down.
+_base_ = [
+    './_base_/models/upernet_convnext.py', './_base_/default_runtime.py',
+    './_base_/schedules/schedule_160k.py'
+]
+data_root = 'data/toy_ade'
+classes = ('circle', 'square', 'triangle', 'star', 'cross')  # convnext_dense.datasets.toy
+palette = [(220, 20, 60), (0, 130, 230), (250, 170, 30), (0, 170, 80), (160, 60, 200)]
+max_iters = 600
+crop_size = (192, 192)
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(arch='v2-atto', drop_path_rate=0.0, layer_scale_init_value=0.0),
+    decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=5),
+    auxiliary_head=dict(in_channels=160, channels=32, num_classes=5),
+    test_cfg=dict(mode='whole'))
+
+dataset_type = 'BaseSegDataset'
+toy_dataset = dict(
+    type=dataset_type,
+    data_root=data_root,
+    metainfo=dict(classes=classes, palette=palette),
+    img_suffix='.jpg',
+    seg_map_suffix='.png',
+    reduce_zero_label=True)  # 0 = background -> 255 (ignored), shapes -> 0..4
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(256, 192), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in (0.75, 1.0, 1.25)],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='PackSegInputs')],
+        ]),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        **toy_dataset,
+        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        **toy_dataset,
+        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-3, weight_decay=0.05),
+    paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=max_iters),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(interval=200, max_keep_ckpts=2))
+randomness = dict(seed=0)

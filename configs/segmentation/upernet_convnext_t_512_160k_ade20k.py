@@ -1,0 +1,31 @@
+# UperNet + ConvNeXt-T (ImageNet-1K pre-trained), ADE20K, crop 512, 160k iterations,
+# 16 images per batch (8 GPUs x 2). Targets the official mIoU 46.0 single-scale /
+# 46.7 multi-scale + flip (tools/test.py --tta); 60.24M parameters (as the paper).
+_base_ = [
+    './_base_/models/upernet_convnext.py', './_base_/datasets/ade20k.py',
+    './_base_/default_runtime.py', './_base_/schedules/schedule_160k.py'
+]
+crop_size = (512, 512)
+# official ImageNet-1K weights
+checkpoint_file = 'https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224.pth'
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        arch='tiny',
+        drop_path_rate=0.4,
+        layer_scale_init_value=1.0,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
+    auxiliary_head=dict(in_channels=384, num_classes=150),
+    # single-scale test: sliding 512x512 windows, stride 341
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
+# the official multi-scale + flip test ran on whole images
+tta_test_cfg = dict(mode='whole')
+# The official run trained in fp16 (use_fp16=True): AMP with dynamic loss scaling.
+# tools/train.py falls back to fp32 with a warning when there is no GPU.
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    optimizer=dict(lr=1e-4),
+    paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6))
