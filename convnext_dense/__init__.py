@@ -9,6 +9,9 @@ compat.apply()
 
 from .registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 from .models import ConvNeXt, convert_checkpoint  # noqa: E402
+from . import engine  # noqa: E402
+from .engine import LearningRateDecayOptimizerConstructor  # noqa: E402
 
 __version__ = '0.1.0'
-__all__ = ['ConvNeXt', 'convert_checkpoint', 'MODELS', 'OPTIM_WRAPPER_CONSTRUCTORS']
+__all__ = ['ConvNeXt', 'convert_checkpoint', 'LearningRateDecayOptimizerConstructor', 'MODELS',
+           'OPTIM_WRAPPER_CONSTRUCTORS']
