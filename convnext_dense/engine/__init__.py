@@ -1,4 +1,5 @@
-"""Training-side additions: the layer-wise lr-decay optimizer wrapper constructor."""
+"""Training-side additions: the layer-wise lr-decay optimizer wrapper constructor and hooks."""
+from .hooks import StopOnNonFiniteLossHook
 from .layer_decay import LearningRateDecayOptimizerConstructor, get_layer_id
 
-__all__ = ['LearningRateDecayOptimizerConstructor', 'get_layer_id']
+__all__ = ['LearningRateDecayOptimizerConstructor', 'StopOnNonFiniteLossHook', 'get_layer_id']
