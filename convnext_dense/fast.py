@@ -52,25 +52,30 @@ def to_float32(obj):
     return obj
 
 
+def _plain_float32(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float().contiguous()
+    return value
+
+
 def _float32_inputs(function):
-    """Wrap an op without low-precision kernels: cast tensor args to float32, return as is."""
+    """Wrap an op whose kernels take only contiguous float32: convert tensor args."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                for a in args]
-        kwargs = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                  for k, v in kwargs.items()}
+        args = [_plain_float32(a) for a in args]
+        kwargs = {k: _plain_float32(v) for k, v in kwargs.items()}
         with torch.autocast('cpu', enabled=False):
             return function(*args, **kwargs)
-    wrapper._float32_inputs = True
     return wrapper
 
 
 @functools.lru_cache(maxsize=None)
 def _protect_mmcv_ops() -> None:
-    """mmcv's CPU RoIAlign and NMS kernels only take float32/float64."""
-    import mmcv.ops.nms as nms_module
-    import mmcv.ops.roi_align as roi_align_module
+    """mmcv's CPU RoIAlign and NMS kernels take only float32/float64, and RoIAlign reads its
+    input as contiguous NCHW (a channels-last map gives wrong features without an error)."""
+    import importlib
+    nms_module = importlib.import_module('mmcv.ops.nms')  # mmcv.ops.nms is also a function
+    roi_align_module = importlib.import_module('mmcv.ops.roi_align')
     roi_align_module.RoIAlign.forward = _float32_inputs(roi_align_module.RoIAlign.forward)
     nms_module.NMSop.apply = _float32_inputs(nms_module.NMSop.apply)
 
@@ -79,6 +84,7 @@ def enable_fast_inference(model: nn.Module, compile: bool = True, low_precision:
                           channels_last: bool = True) -> nn.Module:
     """Switch ``model`` (in eval use) to the fast path; returns the same object."""
     device = next(model.parameters()).device.type
+    _protect_mmcv_ops()
     if channels_last:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
@@ -86,7 +92,6 @@ def enable_fast_inference(model: nn.Module, compile: bool = True, low_precision:
                     memory_format=torch.channels_last)
     dtype = autocast_dtype(device) if low_precision else None
     if dtype is not None:
-        _protect_mmcv_ops()
         forward = model.forward
 
         @functools.wraps(forward)
