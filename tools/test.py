@@ -1,7 +1,7 @@
 """Evaluate a checkpoint of a detection ('mmdet') or segmentation ('mmseg') config.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR]
-                         [--tta] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm}]
+                         [--tta] [--fast] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm}]
 
 Segmentation prints mIoU / mAcc / aAcc overall and IoU / Acc per class; detection prints the
 COCO metrics of the config's evaluator.
@@ -22,6 +22,9 @@ def parse_args(argv=None):
     parser.add_argument('--show-dir', help='write images with the predictions drawn here')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation with the '
                         "config's tta_model and tta_pipeline (multi-scale + flip)")
+    parser.add_argument('--fast', action='store_true', help='fast inference: channels-last, '
+                        'torch.compile of backbone and neck, bf16/fp16 autocast where the '
+                        'hardware runs it natively (convnext_dense.fast)')
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -84,6 +87,13 @@ def main(argv=None):
     if args.out and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    if args.fast:
+        from convnext_dense.fast import enable_fast_inference
+        model = runner.model
+        while hasattr(model, 'module'):  # DDP and TTA wrappers: speed up the inner model
+            model = model.module
+        enable_fast_inference(model)
+        runner.logger.info(f'fast inference: {model.fast_inference}')
     runner.test()
 
 
