@@ -104,7 +104,8 @@ def load_local_checkpoint(filename: str, map_location=None):
     """mmengine's loader for local files, weights-only unless the user opted in."""
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist')
+        raise FileNotFoundError(f'checkpoint {filename} does not exist; check the path given as '
+                                f'load_from, --resume, init_cfg checkpoint or to tools/test.py')
     if os.environ.get(TRUST_ENV, '0').lower() in ('1', 'true', 'yes'):
         warnings.warn(f'{TRUST_ENV} is set: loading {filename} with full pickle, which can run '
                       f'code from the file.')
@@ -174,6 +175,12 @@ def _patch_package_lookup() -> None:
                 setattr(module, name, function)
 
 
+def _new_file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomically(data: Union[bytes, str], filepath: str, encoding: str = 'utf-8') -> None:
     """Write ``data`` to ``filepath`` through a temporary file in the same folder + rename, so
     readers see either the old file or the complete new one, never a partial one."""
@@ -181,6 +188,7 @@ def write_atomically(data: Union[bytes, str], filepath: str, encoding: str = 'ut
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(filepath), suffix='.tmp')
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give what open() would
         with os.fdopen(handle, 'wb') as f:
             f.write(data.encode(encoding) if isinstance(data, str) else data)
             f.flush()

@@ -7,6 +7,7 @@ Anything registered here is reachable from mmdet / mmseg / mmpretrain configs as
 from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import TRANSFORMS as ROOT_TRANSFORMS
 from mmengine.registry import Registry
 
 SCOPE = 'convnext_dense'
@@ -17,3 +18,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS, scope=SCOPE,
     locations=['convnext_dense.engine'])
 HOOKS = Registry('hook', parent=ROOT_HOOKS, scope=SCOPE, locations=['convnext_dense.engine'])
+TRANSFORMS = Registry('transform', parent=ROOT_TRANSFORMS, scope=SCOPE,
+                      locations=['convnext_dense.datasets'])
