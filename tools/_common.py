@@ -22,7 +22,9 @@ def add_common_args(parser) -> None:
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. train_dataloader.batch_size=2 '
-                        'data_root=/path "model.backbone.out_indices=[0,1]"')
+                        'data_root=/path "model.backbone.out_indices=[0,1]". A key that is '
+                        'not in the config but close to one that is (a typo) is refused; '
+                        'prefix a key with + to add it anyway (+model.backbone.new_key=1)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher (none: one process)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
@@ -32,14 +34,16 @@ def add_common_args(parser) -> None:
 def load_config(args) -> Config:
     """Read the config, apply --cfg-options / --work-dir / --launcher, init the scope."""
     if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file {args.config} does not exist')
+        raise FileNotFoundError(f'config file {args.config} does not exist; give the path of '
+                                f'a config, e.g. configs/detection/cascade_convnext_t_coco.py')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
     old_root = cfg.get('data_root')
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if 'data_root' in (args.cfg_options or {}):
-        _propagate_data_root(cfg, old_root, args.cfg_options['data_root'])
+    options = check_cfg_options(cfg, args.cfg_options or {}, args.config)
+    if options:
+        cfg.merge_from_dict(options)
+    if 'data_root' in options:
+        _propagate_data_root(cfg, old_root, options['data_root'])
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -52,6 +56,52 @@ def load_config(args) -> Config:
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     init_default_scope(scope)
     return cfg
+
+
+class CfgOptionError(KeyError):
+    """A ``--cfg-options`` key that is refused (printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ''
+
+
+def check_cfg_options(cfg, options: dict, config_path: str = 'the config') -> dict:
+    """``--cfg-options`` with likely typos refused: a key whose parent exists in the config
+    but which itself does not, while a sibling key is spelled almost the same (difflib), stops
+    with an error naming the closest existing key. A new key without a close sibling is
+    accepted (configs are open-ended), and a leading ``+`` forces a new key (it is stripped).
+    Returns the options to merge."""
+    import difflib
+    checked = {}
+    for key, value in options.items():
+        if key.startswith('+'):
+            checked[key[1:]] = value
+            continue
+        checked[key] = value
+        node, walked = cfg._cfg_dict, []
+        for part in key.split('.'):
+            if isinstance(node, (list, tuple)) and part.isdigit():
+                if int(part) >= len(node):
+                    raise CfgOptionError(
+                        f'--cfg-options {key}: {".".join(walked)} in {config_path} has '
+                        f'{len(node)} entries; index {part} is out of range.')
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                if part not in node:
+                    close = difflib.get_close_matches(part, [str(k) for k in node], n=1,
+                                                      cutoff=0.8)
+                    if close:
+                        where = '.'.join(walked) or 'the top level'
+                        raise CfgOptionError(
+                            f'--cfg-options {key}: {config_path} has no key {part!r} in '
+                            f'{where}; did you mean {".".join(walked + close)}? To add the '
+                            f'new key on purpose, write it as +{key}=...')
+                    break  # a new key: fine
+                node = node[part]
+            else:
+                break
+            walked.append(part)
+    return checked
 
 
 def _propagate_data_root(cfg: Config, old_root, data_root: str) -> None:

@@ -68,7 +68,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
     if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist; give the path '
+                                f'of a checkpoint file written by training this config')
     cfg.load_from = args.checkpoint
     if args.show_dir:
         _enable_show_dir(cfg, args.show_dir)
@@ -81,9 +82,12 @@ def main(argv=None):
         raise ValueError(f'--out {args.out}: detection predictions are written as a pickle; '
                          f'give a file name ending in .pkl.')
 
+    from convnext_dense.engine import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    # a checkpoint of another model or shape is an error, not a warning
+    runner.register_hook(CheckpointFitsModelHook(require_all=True))
     if args.out and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -1,9 +1,14 @@
 """Train a detector (default_scope 'mmdet') or a segmentor (default_scope 'mmseg').
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                          [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm}]
+                          [--skip-mismatched] [--cfg-options KEY=VALUE ...]
+                          [--launcher {none,pytorch,slurm}]
+
+A checkpoint given as load_from or --resume CKPT must exist and fit the model: a tensor of
+another shape or a checkpoint of another model stops the run with an error naming them.
 """
 import argparse
+import os.path as osp
 import warnings
 
 from _common import add_common_args, load_config
@@ -16,6 +21,10 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
                         help='resume training from CKPT; without a value, from the latest '
                         'checkpoint in the work dir')
+    parser.add_argument('--skip-mismatched', action='store_true',
+                        help='load_from: leave tensors whose shape differs from the model at '
+                        'their initial values (fine-tuning to another number of classes) '
+                        'instead of stopping with an error')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
     add_common_args(parser)
@@ -48,10 +57,18 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    path = cfg.get('load_from')
+    if path and '://' not in str(path) and not osp.isfile(path):
+        what = '--resume' if args.resume not in (None, 'auto') else 'load_from'
+        raise FileNotFoundError(f'{what} checkpoint {path} does not exist; give the path of '
+                                f'a checkpoint file (or --resume alone for the latest one in '
+                                f'{cfg.work_dir}).')
 
+    from convnext_dense.engine import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.register_hook(CheckpointFitsModelHook(skip_mismatched=args.skip_mismatched))
     runner.train()
 
 

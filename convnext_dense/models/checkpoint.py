@@ -131,3 +131,50 @@ def load_summary(filename: str, num_loaded: int, missing, unexpected, limit: int
                                                if len(keys) > limit else '')
             lines.append(f'{len(keys)} key(s) {title}: {shown}')
     return '\n'.join(lines)
+
+
+def check_checkpoint_fits(model: nn.Module, checkpoint, filename, skip_mismatched: bool = False,
+                          require_all: bool = False, limit: int = 20) -> None:
+    """Raise ``ValueError`` naming the keys and both shapes when ``checkpoint`` (a loaded
+    Runner checkpoint or a bare state dict) does not fit ``model``.
+
+    Always an error: no tensor name in common (a checkpoint of another model). Unless
+    ``skip_mismatched``: a tensor whose shape differs. With ``require_all``: a model tensor
+    missing from the checkpoint (BatchNorm ``num_batches_tracked`` excepted). A leading
+    ``module.`` (DDP) is ignored on both sides, as mmengine's loader does.
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    state_dict = extract_state_dict(checkpoint)
+    theirs = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()
+              if hasattr(v, 'shape')}
+    own = model.state_dict()
+    name = f'{type(model).__name__}'
+    common = [k for k in own if k in theirs]
+    if own and theirs and not common:
+        raise ValueError(
+            f'Checkpoint {filename} shares no tensor name with this {name}: it is a checkpoint '
+            f'of another model. Its keys look like {", ".join(list(theirs)[:3])}; the model\'s '
+            f'like {", ".join(list(own)[:3])}. Give a checkpoint trained with this config, or '
+            f'convert a backbone checkpoint with tools/convert_checkpoint.py --add-prefix '
+            f'backbone.')
+    mismatched = [f'{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in common if tuple(theirs[k].shape) != tuple(own[k].shape)]
+    if mismatched and not skip_mismatched:
+        shown = mismatched[:limit] + ([f'... ({len(mismatched) - limit} more)']
+                                      if len(mismatched) > limit else [])
+        raise ValueError(
+            f'Checkpoint {filename} does not fit this {name}: {len(mismatched)} tensor(s) have '
+            f'another shape (another arch or number of classes?):\n  ' + '\n  '.join(shown) +
+            '\nUse the checkpoint of this config; to fine-tune from it anyway with the '
+            'mismatched tensors left at their initial values, pass --skip-mismatched to '
+            'tools/train.py (load_from only).')
+    missing = [k for k in own if k not in theirs and not k.endswith('num_batches_tracked')]
+    if missing and require_all:
+        shown = missing[:limit] + ([f'... ({len(missing) - limit} more)']
+                                   if len(missing) > limit else [])
+        raise ValueError(
+            f'Checkpoint {filename} lacks {len(missing)} of the {len(own)} tensors of this '
+            f'{name}, which would stay at their initial values:\n  ' + '\n  '.join(shown) +
+            '\nGive the checkpoint written by training this config.')

@@ -8,6 +8,13 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
+# Stop on a NaN/inf loss before it is saved; record seed, versions and random states (work dir
+# run_info.json, checkpoint meta) so that --resume continues exactly. A config that sets its
+# own custom_hooks replaces this list: keep these two in it.
+custom_hooks = [
+    dict(type='convnext_dense.StopOnNonFiniteLossHook'),
+    dict(type='convnext_dense.ReproducibilityHook'),
+]
 # nccl for GPUs; tools/dist_train.sh switches to gloo when no GPU is visible.
 env_cfg = dict(
     cudnn_benchmark=False,

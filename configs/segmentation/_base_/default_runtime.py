@@ -1,5 +1,12 @@
 default_scope = 'mmseg'
 custom_imports = dict(imports=['convnext_dense'], allow_failed_imports=False)
+# Stop on a NaN/inf loss before it is saved; record seed, versions and random states (work dir
+# run_info.json, checkpoint meta) so that --resume continues exactly. A config that sets its
+# own custom_hooks replaces this list: keep these two in it.
+custom_hooks = [
+    dict(type='convnext_dense.StopOnNonFiniteLossHook'),
+    dict(type='convnext_dense.ReproducibilityHook'),
+]
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
