@@ -128,19 +128,25 @@ def _checked_full_init(full_init):
             _check_data_list(self, data_list)
             return data_list
 
+        filter_data = self.filter_data
+
+        def checked_filter():
+            data_list = filter_data()
+            filter_cfg = getattr(self, 'filter_cfg', None)
+            if not data_list and filter_cfg:  # before mmengine fails serialising nothing
+                raise DatasetError(
+                    f'{_name(self)}: no sample of {getattr(self, "ann_file", "")} is left '
+                    f'after filter_cfg={filter_cfg} (e.g. every image lacks annotations). '
+                    f'Check the annotations, or relax filter_cfg.')
+            return data_list
+
         self.__dict__[_MARK] = True
-        self.load_data_list = checked_load
+        self.load_data_list, self.filter_data = checked_load, checked_filter
         try:
             full_init(self)
         finally:
-            self.__dict__.pop('load_data_list', None)
-            self.__dict__.pop(_MARK, None)
-        filter_cfg = getattr(self, 'filter_cfg', None)
-        if getattr(self, '_fully_initialized', False) and len(self) == 0 and filter_cfg:
-            raise DatasetError(
-                f'{_name(self)}: no sample of {getattr(self, "ann_file", "")} is left after '
-                f'filter_cfg={filter_cfg} (e.g. every image lacks annotations). Check the '
-                f'annotations, or relax filter_cfg.')
+            for name in ('load_data_list', 'filter_data', _MARK):
+                self.__dict__.pop(name, None)
 
     setattr(wrapper, _MARK, True)
     return wrapper
