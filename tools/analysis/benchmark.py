@@ -54,10 +54,11 @@ def median_seconds(fn, warmup: int, repeats: int) -> float:
 
 
 def count_flops(fn) -> float:
-    """FLOPs of one call (multiply-add = 2), from torch's flop counter."""
+    """FLOPs of one call (multiply-add = 2), from torch's flop counter. Counted with autograd
+    on, so that our backbone takes its plain (countable) path, not the fused oneDNN kernels."""
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, torch.enable_grad():
         fn()
     return float(counter.get_total_flops())
 
@@ -105,8 +106,8 @@ def bench_backbone_inference(report, shapes, repeats, fast: bool):
     for shape in shapes:
         tag = 'x'.join(map(str, shape))
         x = torch.randn(*shape)
+        flops = count_flops(lambda: ours(x))
         with torch.no_grad():
-            flops = count_flops(lambda: ours(x))
             t_ours = median_seconds(lambda: ours(x), 1, repeats)
             t_timm = median_seconds(lambda: reference.forward_features(x), 1, repeats)
         report.add(f'backbone_infer_{tag}_ours_fp32', shape[0] / t_ours, 'img/s',
@@ -176,8 +177,8 @@ def bench_detector(report, config, size, repeats, fast: bool):
                 pad_shape=(height, width))
     data = dict(inputs=[image], data_samples=[DetDataSample(metainfo=meta)])
     tag = f'{height}x{width}'
+    flops = count_flops(lambda: model.test_step(data))
     with torch.no_grad():
-        flops = count_flops(lambda: model.test_step(data))
         t_eager = median_seconds(lambda: model.test_step(data), 1, repeats)
     report.add(f'detector_test_step_{tag}_eager_fp32', t_eager, 's/img',
                gflops=round(flops / t_eager / 1e9, 1), model_gflop=round(flops / 2e9, 1))
