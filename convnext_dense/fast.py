@@ -9,8 +9,7 @@ What it does to an mmengine model (detector, segmentor or bare backbone), in pla
 - ``forward`` runs under autocast (bf16 on CPUs with native bf16 support, fp16 on CUDA) and its
   predictions come back as float32, so evaluators see the usual dtypes; mmcv's compiled ops that
   have no low-precision CPU kernels (RoIAlign, NMS) receive float32 inputs;
-- the backbone's and neck's ``forward`` are compiled with ``torch.compile`` (by default only
-  together with autocast or on a GPU).
+- the backbone's and neck's ``forward`` are compiled with ``torch.compile``.
 
 The state dict is untouched: the model can still be saved and loaded as usual.
 """
@@ -81,13 +80,11 @@ def _protect_mmcv_ops() -> None:
     nms_module.NMSop.apply = _float32_inputs(nms_module.NMSop.apply)
 
 
-def enable_fast_inference(model: nn.Module, compile: Optional[bool] = None,
-                          low_precision: bool = True, channels_last: bool = True) -> nn.Module:
+def enable_fast_inference(model: nn.Module, compile: bool = True, low_precision: bool = True,
+                          channels_last: bool = True) -> nn.Module:
     """Switch ``model`` (in eval use) to the fast path; returns the same object.
 
-    ``compile=None`` compiles only when autocast is on: in fp32 on CPU our eager backbone
-    already runs oneDNN's fused kernels, and inductor's fp32 code was measured slower (see
-    BENCHMARKS.md).
+    The first call after ``compile=True`` takes a minute or two on a small CPU (compilation).
     """
     device = next(model.parameters()).device.type
     _protect_mmcv_ops()
@@ -106,8 +103,6 @@ def enable_fast_inference(model: nn.Module, compile: Optional[bool] = None,
                 return to_float32(forward(*args, **kwargs))
 
         model.forward = autocast_forward
-    if compile is None:
-        compile = dtype is not None or device != 'cpu'
     if compile:
         for name in ('backbone', 'neck'):
             part = getattr(model, name, None)
