@@ -27,6 +27,15 @@ mmengine writes a checkpoint straight into its final path, so a run killed while
 a truncated ``epoch_N.pth`` that ``last_checkpoint`` may name. Local writes now go to a temporary
 file that is fsync'ed and then renamed, and ``find_latest_checkpoint`` falls back to the newest
 complete checkpoint when ``last_checkpoint`` is missing, empty or names a missing file.
+
+Distributed runs on machines without GPU
+----------------------------------------
+mmengine's ``pytorch`` launcher (``torchrun`` + ``--launcher pytorch``) always calls
+``torch.cuda.set_device(LOCAL_RANK)``, which raises "Found no NVIDIA driver" on a CPU-only
+machine, and its Runner wraps the model in DistributedDataParallel with
+``device_ids=[LOCAL_RANK]``, which DDP refuses for a model on the CPU. Without any accelerator
+:func:`_init_dist_pytorch_cpu` initialises the process group without ``set_device`` (with
+``gloo`` when the config asks for ``nccl``), and DDP gets ``device_ids=None`` for CPU models.
 """
 import functools
 import importlib.metadata
@@ -232,9 +241,59 @@ def _patch_checkpoint_saving() -> None:
         module.find_latest_checkpoint = find_latest_checkpoint
 
 
+# ----------------------------------------------------------------------------- CPU-only DDP
+def _accelerator_available() -> bool:
+    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                                 is_npu_available)
+    return (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available())
+
+
+def _init_dist_pytorch_cpu(original: Callable) -> Callable:
+    """mmengine's ``_init_dist_pytorch`` that also works without any accelerator."""
+
+    @functools.wraps(original)
+    def _init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        if _accelerator_available():
+            return original(backend, init_backend=init_backend, **kwargs)
+        if init_backend != 'torch':
+            raise RuntimeError(f'init_backend={init_backend!r} needs GPUs; on a machine without '
+                               f"GPU use init_backend='torch' with the gloo backend.")
+        if backend == 'nccl':
+            warnings.warn("No GPU is available: initialising torch.distributed with the 'gloo' "
+                          "backend instead of 'nccl' (env_cfg.dist_cfg.backend).")
+            backend = 'gloo'
+        torch.distributed.init_process_group(backend=backend, **kwargs)
+
+    _init_dist_pytorch.__convnext_dense_patched__ = True
+    return _init_dist_pytorch
+
+
+def _patch_cpu_distributed() -> None:
+    import mmengine.dist.utils as dist_utils
+    from mmengine.model.wrappers import MMDistributedDataParallel
+    if not getattr(dist_utils._init_dist_pytorch, '__convnext_dense_patched__', False):
+        dist_utils._init_dist_pytorch = _init_dist_pytorch_cpu(dist_utils._init_dist_pytorch)
+
+    original_init = MMDistributedDataParallel.__init__
+    if getattr(original_init, '__convnext_dense_patched__', False):
+        return
+
+    @functools.wraps(original_init)
+    def __init__(self, module, *args, **kwargs):
+        if kwargs.get('device_ids') is not None and all(
+                p.device.type == 'cpu' for p in module.parameters()):
+            kwargs['device_ids'] = None  # DDP takes no device ids for a CPU module
+        original_init(self, module, *args, **kwargs)
+
+    __init__.__convnext_dense_patched__ = True
+    MMDistributedDataParallel.__init__ = __init__
+
+
 @functools.lru_cache(maxsize=None)
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     _patch_checkpoint_loading()
     _patch_package_lookup()
     _patch_checkpoint_saving()
+    _patch_cpu_distributed()
