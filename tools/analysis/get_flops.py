@@ -114,7 +114,9 @@ def complexity(cfg, shape, num_proposals: int = 1000, num_mask_rois: int = 100,
         wrapper = SegmentorDummy(model)
     height, width = shape
     img = torch.randn(1, 3, height, width)
-    with torch.no_grad():
+    # Traced with autograd on: without it our backbone takes its fused oneDNN inference
+    # kernels, which torch.jit.trace cannot record (and the paper counted the plain ops).
+    with torch.enable_grad():
         analyzer = FlopAnalyzer(wrapper, (img, ))
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
