@@ -1,0 +1,94 @@
+"""End to end on the toy ADE20K set: tools/train.py (and --resume) and tools/test.py
+(metrics, --tta, --show-dir, --out) with the segmentation demo config."""
+import glob
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(REPO, 'configs', 'segmentation', 'demo_upernet_convnext_atto_toy.py')
+
+pytestmark = pytest.mark.slow
+
+
+def run_tool(tool, *args, cwd):
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    env.setdefault('OMP_NUM_THREADS', '1')  # tiny inputs; avoids oversubscribing shared cores
+    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', tool), *args], cwd=cwd,
+                            env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    from convnext_dense.datasets.toy import write_ade
+    root = tmp_path_factory.mktemp('toy_ade')
+    write_ade(str(root), seed=0, num_train=8, num_val=3, size=(128, 96))
+    return root
+
+
+def small(toy, max_iters):
+    return ['--cfg-options', f'data_root={toy}', f'train_cfg.max_iters={max_iters}',
+            f'train_cfg.val_interval={max_iters}', 'default_hooks.checkpoint.interval=2',
+            'default_hooks.checkpoint.max_keep_ckpts=5', 'default_hooks.logger.interval=1',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+            'val_dataloader.persistent_workers=False', 'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False']
+
+
+def train_iters(output):
+    return [int(i) for i in re.findall(r'Iter\(train\) \[\s*(\d+)/', output)]
+
+
+@pytest.fixture(scope='module')
+def trained(toy, tmp_path_factory):
+    work = tmp_path_factory.mktemp('work')
+    output = run_tool('train.py', DEMO, '--work-dir', str(work), *small(toy, 4), cwd=work)
+    return work, output
+
+
+def test_train_saves_and_evaluates(trained):
+    work, output = trained
+    assert train_iters(output) == [1, 2, 3, 4]
+    assert osp.isfile(work / 'iter_2.pth') and osp.isfile(work / 'iter_4.pth')
+    assert 'mIoU' in output and 'aAcc' in output  # the validation at the last iteration
+    # the heads' SyncBN becomes BatchNorm in a single process
+    assert 'SyncBatchNorm (SyncBN) layers in the model will be automatically reverted' in output
+
+
+def test_resume_continues_from_the_saved_iteration(trained, toy):
+    work, _ = trained
+    output = run_tool('train.py', DEMO, '--work-dir', str(work), '--resume', *small(toy, 6),
+                      cwd=work)
+    assert 'resumed' in output.lower()
+    assert train_iters(output) == [5, 6]
+    output = run_tool('train.py', DEMO, '--work-dir', str(work / 'again'), '--resume',
+                      str(work / 'iter_2.pth'), *small(toy, 3), cwd=work)
+    assert train_iters(output) == [3]
+
+
+def test_test_reports_metrics_overlays_and_label_maps(trained, toy):
+    work, _ = trained
+    show, out = work / 'show', work / 'pred'
+    output = run_tool('test.py', DEMO, str(work / 'iter_4.pth'), '--work-dir', str(work),
+                      '--show-dir', str(show), '--out', str(out), *small(toy, 4), cwd=work)
+    for name in ('aAcc', 'mIoU', 'mAcc'):
+        assert re.search(rf'{name}: \d+\.\d+', output), name
+    for name in ('circle', 'square', 'triangle', 'star', 'cross'):  # the per-class table
+        assert re.search(rf'\|\s*{name}\s*\|', output), name
+    assert len(glob.glob(str(show / '*.png'))) == 3
+    assert len(glob.glob(str(out / '*.png'))) == 3
+
+
+def test_tta_runs(trained, toy):
+    work, _ = trained
+    output = run_tool('test.py', DEMO, str(work / 'iter_4.pth'), '--work-dir', str(work),
+                      '--tta', *small(toy, 4), cwd=work)
+    assert re.search(r'mIoU: \d+\.\d+', output)
