@@ -91,3 +91,14 @@ def test_benchmark_quick_mode_runs():
     assert figures['backbone_infer_1x3x64x96_ours_over_timm'] > 0
     assert 0 < figures['backbone_train_2x3x64x64_with_cp_memory_ratio'] < 1.5
     assert 'detector_test_step_128x192_fast_over_eager' in figures
+
+
+def test_jit_trace_takes_the_traceable_path():
+    """FLOP counters and ONNX export trace the model under no_grad: no fused-kernel calls."""
+    model = ConvNeXt(dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        for a, b in zip(model(x), traced(x)):
+            assert (a - b).abs().max().item() < 1e-5
+    assert 'mkldnn' not in str(traced.inlined_graph)

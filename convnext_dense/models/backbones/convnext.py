@@ -121,9 +121,11 @@ _HAS_FUSED_LINEAR = (torch.backends.mkldnn.is_available()
 
 
 def _can_fuse(x: torch.Tensor) -> bool:
-    """oneDNN fused kernels apply to eager fp32 CPU inference (not autocast, not compile)."""
+    """oneDNN fused kernels apply to eager fp32 CPU inference (not autocast, compile or
+    jit tracing, which FLOP counters and ONNX export use)."""
     return (_HAS_FUSED_LINEAR and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
 
 
 def resolve_arch(arch: Union[str, dict]) -> dict:
