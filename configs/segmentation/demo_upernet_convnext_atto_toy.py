@@ -1,8 +1,12 @@
 # Demo: UperNet + ConvNeXt V2-atto (3.4M-parameter backbone, trained from scratch) on the toy
 # ADE20K-format shapes set (5 classes + background; `make demo-seg` writes it with
-#   python -m convnext_dense.datasets.toy ade data/toy_ade --seed 0).
-# A few minutes on a CPU; the same recipe pieces as the ADE20K configs (SyncBN heads, AdamW with
-# the stage-wise lr-decay constructor, linear warm-up + poly), scaled down.
+#   python -m convnext_dense.datasets.toy ade data/toy_ade --seed 0   (200 train / 50 val)).
+# The same recipe pieces as the ADE20K configs (SyncBN heads, AdamW with the stage-wise lr-decay
+# constructor, linear warm-up + poly, reduce_zero_label), scaled down.
+# Measured (2-core CPU shared with other jobs, OMP_NUM_THREADS=1): 1000 iterations in 12.7 min
+# including the final validation; val mIoU 9.2 untrained (same seed) -> 15.7 trained
+# (mAcc 20.2 -> 27.2; 15.8 with --tta), while the training images reach 75.2 mIoU: from scratch
+# the network learns these 200 scenes far faster than shape in general (see README).
 _base_ = [
     './_base_/models/upernet_convnext.py', './_base_/default_runtime.py',
     './_base_/schedules/schedule_160k.py'
@@ -10,8 +14,11 @@ _base_ = [
 data_root = 'data/toy_ade'
 classes = ('circle', 'square', 'triangle', 'star', 'cross')  # convnext_dense.datasets.toy
 palette = [(220, 20, 60), (0, 130, 230), (250, 170, 30), (0, 170, 80), (160, 60, 200)]
-max_iters = 600
-crop_size = (192, 192)
+max_iters = 1000
+# The network sees the 256x192 toy images at half resolution (4x less compute); metrics are
+# computed on the full-resolution labels (mmseg resizes the predictions back).
+scale = (128, 96)  # (w, h)
+crop_size = (96, 128)  # (h, w)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
@@ -31,13 +38,14 @@ toy_dataset = dict(
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(256, 192), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomResize', scale=scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=scale, keep_ratio=True),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
@@ -46,7 +54,8 @@ tta_pipeline = [
     dict(
         type='TestTimeAug',
         transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in (0.75, 1.0, 1.25)],
+            [dict(type='Resize', scale=(int(scale[0] * r), int(scale[1] * r)), keep_ratio=True)
+             for r in (0.75, 1.0, 1.25)],
             [dict(type='RandomFlip', prob=0., direction='horizontal'),
              dict(type='RandomFlip', prob=1., direction='horizontal')],
             [dict(type='LoadAnnotations')],
@@ -76,7 +85,7 @@ val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(
-    optimizer=dict(lr=1e-3, weight_decay=0.05),
+    optimizer=dict(lr=5e-4, weight_decay=0.05),
     paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
@@ -85,5 +94,5 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=200, max_keep_ckpts=2))
+    checkpoint=dict(interval=500, max_keep_ckpts=2))
 randomness = dict(seed=0)
