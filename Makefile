@@ -31,8 +31,9 @@ data/toy_ade/.done: convnext_dense/datasets/toy.py | install
 	touch $@
 
 demo-seg: install data/toy_ade/.done
-	$(PY) tools/train.py $(SEG_DEMO) --work-dir $(SEG_DEMO_WORK)
-	$(PY) tools/test.py $(SEG_DEMO) $(SEG_DEMO_WORK)/iter_$(SEG_DEMO_ITERS).pth \
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) tools/train.py $(SEG_DEMO) --work-dir $(SEG_DEMO_WORK)
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) tools/test.py $(SEG_DEMO) \
+	    $(SEG_DEMO_WORK)/iter_$(SEG_DEMO_ITERS).pth \
 	    --work-dir $(SEG_DEMO_WORK) --show-dir $(SEG_DEMO_WORK)/show
 	@echo "demo-seg: predictions drawn in $(SEG_DEMO_WORK)/show"
 
@@ -56,7 +57,8 @@ demo-det: install data/toy_coco/.done
 	    --work-dir $(DET_DEMO_WORK) --show-dir $(DET_DEMO_WORK)/show
 	@echo "demo-det: predictions drawn in $(DET_DEMO_WORK)/show"
 
-demo: demo-det
+# the detection demo, then the segmentation demo
+demo: demo-det demo-seg
 
 clean:
 	rm -rf $(VENV) work_dirs data/toy_*
