@@ -10,7 +10,6 @@ compat.apply()
 
 from .registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 from .models import ConvNeXt, convert_checkpoint  # noqa: E402
-from . import engine  # noqa: E402
 from .engine import LearningRateDecayOptimizerConstructor  # noqa: E402
 from . import datasets  # noqa: E402  (dataset input checks, LoadImageFromFileChecked)
 

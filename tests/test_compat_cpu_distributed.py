@@ -1,5 +1,4 @@
 """compat: mmengine's pytorch launcher and DDP wrapper on a machine without GPU."""
-import os
 import socket
 
 import pytest

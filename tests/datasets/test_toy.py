@@ -8,7 +8,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from pycocotools import mask as mask_utils
 
 from convnext_dense.datasets import toy

@@ -95,10 +95,6 @@ def paired_backbones():
     return ours, reference
 
 
-def timm_features(model):
-    return lambda x: model.forward_features(x)
-
-
 def bench_backbone_inference(report, shapes, repeats, fast: bool):
     ours, reference = paired_backbones()
     ours.eval()
