@@ -4,6 +4,7 @@ moment (also mid-save) loses nothing and ``--resume`` continues with exactly the
 uninterrupted run; same seed => same losses, with seed / versions / config recorded; 2-process
 gloo training saves, resumes, evaluates and does not hang when a rank dies; malicious
 checkpoints never run their payload on any loading path."""
+import functools
 import glob
 import importlib.util
 import json
@@ -12,7 +13,6 @@ import os.path as osp
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +24,9 @@ import torch
 import convnext_dense  # noqa: F401  (patches, registries)
 from convnext_dense import compat
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOLS = osp.join(REPO, 'tools')
-SEG_DEMO = osp.join(REPO, 'configs', 'segmentation', 'demo_upernet_convnext_atto_toy.py')
-DET_DEMO = osp.join(REPO, 'configs', 'detection', 'demo_cascade_convnext_atto_toy.py')
+import helpers
+from helpers import DET_DEMO, REPO, SEG_DEMO, TOOLS, free_port
+
 sys.path.insert(0, TOOLS)
 import _common  # noqa: E402
 
@@ -126,13 +125,8 @@ def seg_args(toy_ade, work, *extra_options):
             'randomness.deterministic=False', *extra_options]
 
 
-def run(cmd, cwd, timeout=600, env=None):
-    env = {**os.environ, 'OMP_NUM_THREADS': '2', 'PYTHONWARNINGS': 'ignore', **(env or {})}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    return output
+# Two threads, as in the SIGKILL test's own launch: its losses must match run for run.
+run = functools.partial(helpers.run, threads='2')
 
 
 def logged_losses(work_dir):
@@ -594,12 +588,6 @@ def test_epoch_based_resume_matches_an_uninterrupted_run(toy_coco, configs, tmp_
                   str(tmp_path / 'a' / 'epoch_1.pth'), *options], cwd=tmp_path)
     assert 'resumed epoch: 1, iter: 1' in output
     assert logged_losses(tmp_path / 'r') == {2: losses_a[2]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _children(pid):

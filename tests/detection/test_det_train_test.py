@@ -5,43 +5,24 @@ import json
 import os
 import os.path as osp
 import re
-import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO = osp.join(REPO, 'configs', 'detection', 'demo_cascade_convnext_atto_toy.py')
-TINY_COCO = osp.join(osp.dirname(REPO), 'shared', 'data', 'tiny_coco')
+from helpers import DET_DEMO as DEMO
+from helpers import REPO, SHARED_DATA, TOOLS, free_port, metric, run
+from helpers import run_tool as tool
+
+TINY_COCO = osp.join(SHARED_DATA, 'tiny_coco')
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd, cwd, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    return output
-
-
-def tool(name, *args, cwd):
-    return run([sys.executable, osp.join(REPO, 'tools', name), *args], cwd=cwd)
 
 
 def train_iters(output):
     """(epoch, iteration in epoch) of every training log line."""
     return [(int(e), int(i)) for e, i in
             re.findall(r'Epoch\(train\)\s*\[(\d+)\]\s*\[\s*(\d+)/', output)]
-
-
-def metric(output, name):
-    found = re.findall(rf'{name}: (-?[\d.]+)', output)
-    assert found, f'{name} not printed:\n{output[-3000:]}'
-    return float(found[-1])
 
 
 SMALL = ['train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
@@ -97,19 +78,11 @@ def test_test_tool_prints_bbox_and_segm_metrics(trained, toy):
     assert drawn == ['000000.jpg', '000001.jpg', '000002.jpg']
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_training_then_test(toy, tmp_path):
-    env_port = str(free_port())
     work = tmp_path / 'dist'
-    cmd = ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), DEMO, '2', '--work-dir', str(work),
+    cmd = ['bash', osp.join(TOOLS, 'dist_train.sh'), DEMO, '2', '--work-dir', str(work),
            '--cfg-options', f'data_root={toy}', *SMALL, 'train_cfg.max_epochs=1']
-    env_cmd = ['env', f'PORT={env_port}', f'PYTHON={sys.executable}'] + cmd
-    output = run(env_cmd, cwd=tmp_path)
+    output = run(cmd, cwd=tmp_path, env=dict(PORT=str(free_port()), PYTHON=sys.executable))
     # 8 images over 2 processes with 2 images each: 2 iterations per epoch
     assert train_iters(output)[-1] == (1, 2), output[-3000:]
     assert re.search(r"dist_cfg=dict\(backend='gloo'", output), output[-3000:]

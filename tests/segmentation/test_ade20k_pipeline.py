@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import convnext_dense  # noqa: F401
+from helpers import REPO, SHARED_DATA
 from mmengine.config import Config
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SAMPLE = osp.join(osp.dirname(REPO), 'shared', 'data', 'ade20k_sample')
+SAMPLE = osp.join(SHARED_DATA, 'ade20k_sample')
 CONFIG = osp.join(REPO, 'configs', 'segmentation', 'upernet_convnext_t_512_160k_ade20k.py')
 NAMES = ['ADE_val_00000001', 'ADE_val_00000002', 'ADE_val_00000003']
 

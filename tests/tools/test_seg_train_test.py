@@ -1,28 +1,15 @@
 """End to end on the toy ADE20K set: tools/train.py (and --resume) and tools/test.py
 (metrics, --tta, --show-dir, --out) with the segmentation demo config."""
 import glob
-import os
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO = osp.join(REPO, 'configs', 'segmentation', 'demo_upernet_convnext_atto_toy.py')
+from helpers import SEG_DEMO as DEMO
+from helpers import run_tool
 
 pytestmark = pytest.mark.slow
-
-
-def run_tool(tool, *args, cwd):
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
-    env.setdefault('OMP_NUM_THREADS', '1')  # tiny inputs; avoids oversubscribing shared cores
-    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', tool), *args], cwd=cwd,
-                            env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
 
 
 @pytest.fixture(scope='module')

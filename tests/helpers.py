@@ -1,0 +1,44 @@
+"""What the end-to-end tests share: repository paths, running tools/*.py in a subprocess,
+reading metrics from their logs, and a free TCP port for multi-process runs."""
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(REPO, 'tools')
+DET_DEMO = osp.join(REPO, 'configs', 'detection', 'demo_cascade_convnext_atto_toy.py')
+SEG_DEMO = osp.join(REPO, 'configs', 'segmentation', 'demo_upernet_convnext_atto_toy.py')
+SHARED_DATA = osp.join(osp.dirname(REPO), 'shared', 'data')  # absent in a user's fresh clone
+
+
+def run(cmd, cwd, timeout=600, env=None, threads='1'):
+    """Run ``cmd``; return stdout + stderr, failing the test with the output's tail if it
+    exits non-zero. ``threads`` sets OMP_NUM_THREADS (tiny inputs: 1 avoids oversubscribing
+    the CI machine's 2 cores); ``env`` entries override the rest."""
+    env = {**os.environ, 'OMP_NUM_THREADS': threads, 'PYTHONWARNINGS': 'ignore', **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
+def run_tool(name, *args, cwd, **kwargs):
+    """``python tools/<name> *args`` through :func:`run`."""
+    return run([sys.executable, osp.join(TOOLS, name), *args], cwd=cwd, **kwargs)
+
+
+def metric(output, name):
+    """The last value a log printed as ``<name>: <number>``."""
+    found = re.findall(rf'{name}: (-?[\d.]+)', output)
+    assert found, f'{name} not printed:\n{output[-3000:]}'
+    return float(found[-1])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
