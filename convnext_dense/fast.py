@@ -1,4 +1,4 @@
-"""One switch for fast inference: channels-last, bf16/fp16 autocast and ``torch.compile``.
+"""One switch for fast inference: channels-last, malloc tuning, autocast, ``torch.compile``.
 
     model = enable_fast_inference(model)            # Python API
     python tools/test.py CONFIG CKPT --fast         # command line
@@ -6,15 +6,21 @@
 What it does to an mmengine model (detector, segmentor or bare backbone), in place:
 
 - every 4-D conv weight goes to channels-last memory format;
-- ``forward`` runs under autocast (bf16 on CPUs with native bf16 support, fp16 on CUDA) and its
-  predictions come back as float32, so evaluators see the usual dtypes; mmcv's compiled ops that
+- on the CPU, glibc's malloc keeps freed memory for reuse (:func:`keep_freed_memory`), so large
+  activations stop paying page faults on every forward;
+- backbone, neck and heads run under autocast (bf16 on CPUs with native bf16 support, fp16 on
+  CUDA) and hand float32 to what follows, so post-processing (anchors, box decoding, NMS) and
+  evaluators see the usual dtypes (:func:`low_precision_regions`); mmcv's compiled ops that
   have no low-precision CPU kernels (RoIAlign, NMS) receive float32 inputs;
-- the backbone's and neck's ``forward`` are compiled with ``torch.compile``.
+- where autocast applies, the backbone's and neck's ``forward`` are compiled with
+  ``torch.compile``. In fp32 on the CPU, compiling measured no faster than our eager backbone,
+  whose oneDNN fused kernels it cannot use (BENCHMARKS.md), so ``compile='auto'`` skips it there.
 
 The state dict is untouched: the model can still be saved and loaded as usual.
 """
+import ctypes
 import functools
-from typing import Optional
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -33,6 +39,33 @@ def autocast_dtype(device: str) -> Optional[torch.dtype]:
     if device == 'cuda':
         return torch.bfloat16 if bf16_supported('cuda') else torch.float16
     return torch.bfloat16 if bf16_supported('cpu') else None
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of returning it to the OS.
+
+    By default every allocation above 32 MiB (a ConvNeXt-T activation at 800x1216 is 23-93 MiB)
+    is a fresh ``mmap`` and its pages fault in on first touch, at each forward; freed heap tops
+    are trimmed too. This allocates from the heap only and never trims, so a repeated forward
+    reuses warm pages: 1.1-1.4x faster inference here (BENCHMARKS.md). The price: the process
+    keeps its peak memory until it exits. Process-wide and one-way. Returns False (and changes
+    nothing) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return False
+    # glibc only: musl's mallopt is a stub that does nothing, macOS has none
+    if not (hasattr(libc, 'gnu_get_libc_version') and hasattr(libc, 'mallopt')):
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def to_float32(obj):
@@ -58,14 +91,27 @@ def _plain_float32(value):
     return value
 
 
+def _cast_floats(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, tuple):
+        return tuple(_cast_floats(v, dtype) for v in value)
+    return value
+
+
 def _float32_inputs(function):
-    """Wrap an op whose kernels take only contiguous float32: convert tensor args."""
+    """Wrap an op whose kernels take only contiguous float32: convert tensor args, run it
+    without autocast, and give floating outputs the dtype of the first floating input (mmdet
+    writes RoIAlign's output into a buffer of the feature map's dtype)."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        dtypes = [v.dtype for v in (*args, *kwargs.values())
+                  if isinstance(v, torch.Tensor) and v.is_floating_point()]
         args = [_plain_float32(a) for a in args]
         kwargs = {k: _plain_float32(v) for k, v in kwargs.items()}
         with torch.autocast('cpu', enabled=False):
-            return function(*args, **kwargs)
+            output = function(*args, **kwargs)
+        return _cast_floats(output, dtypes[0]) if dtypes else output
     return wrapper
 
 
@@ -80,11 +126,41 @@ def _protect_mmcv_ops() -> None:
     nms_module.NMSop.apply = _float32_inputs(nms_module.NMSop.apply)
 
 
-def enable_fast_inference(model: nn.Module, compile: bool = True, low_precision: bool = True,
-                          channels_last: bool = True) -> nn.Module:
+def low_precision_regions(model: nn.Module) -> List[nn.Module]:
+    """The modules whose ``forward`` computes network outputs from features: backbone, neck and
+    every head (a module whose class name ends in ``Head``: RPN, bbox, mask, decode heads).
+    A bare backbone is one region. Post-processing (anchors, box decoding, NMS, resizing) runs
+    outside them, in float32: mmdet builds anchors in the dtype of the head's outputs, and bf16
+    coordinates are only 4-8 pixels apart at 1000-2000 pixels."""
+    if not hasattr(model, 'backbone'):
+        return [model]
+    regions = [part for part in (model.backbone, getattr(model, 'neck', None)) if part is not None]
+    return regions + [m for m in model.modules() if type(m).__name__.endswith('Head')]
+
+
+def _autocast_forward(module: nn.Module, device: str, dtype: torch.dtype) -> None:
+    """Run ``module.forward`` under autocast to ``dtype``; its outputs come back as float32."""
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device, dtype=dtype):
+            return to_float32(forward(*args, **kwargs))
+
+    module.forward = autocast_forward
+
+
+def enable_fast_inference(model: nn.Module, compile: Union[bool, str] = 'auto',
+                          low_precision: Union[bool, torch.dtype] = True,
+                          channels_last: bool = True, keep_memory: bool = True) -> nn.Module:
     """Switch ``model`` (in eval use) to the fast path; returns the same object.
 
-    The first call after ``compile=True`` takes a minute or two on a small CPU (compilation).
+    ``low_precision=True`` autocasts to what the hardware runs natively (:func:`autocast_dtype`),
+    ``False`` keeps fp32, a dtype forces it (e.g. ``torch.bfloat16`` on a CPU without native
+    bf16: slow, but it shows the accuracy cost).
+    ``compile='auto'`` compiles the backbone and neck only where autocast applies (bf16 on the
+    CPU, CUDA); ``True`` always, ``False`` never. The first call after compiling takes a minute
+    or two on a small CPU. ``keep_memory`` calls :func:`keep_freed_memory` on the CPU.
     """
     device = next(model.parameters()).device.type
     _protect_mmcv_ops()
@@ -93,16 +169,16 @@ def enable_fast_inference(model: nn.Module, compile: bool = True, low_precision:
             if isinstance(module, nn.Conv2d):
                 module.weight.data = module.weight.data.contiguous(
                     memory_format=torch.channels_last)
-    dtype = autocast_dtype(device) if low_precision else None
+    kept_memory = keep_memory and device == 'cpu' and keep_freed_memory()
+    if isinstance(low_precision, torch.dtype):
+        dtype = low_precision
+    else:
+        dtype = autocast_dtype(device) if low_precision else None
     if dtype is not None:
-        forward = model.forward
-
-        @functools.wraps(forward)
-        def autocast_forward(*args, **kwargs):
-            with torch.autocast(device, dtype=dtype):
-                return to_float32(forward(*args, **kwargs))
-
-        model.forward = autocast_forward
+        for region in low_precision_regions(model):
+            _autocast_forward(region, device, dtype)
+    if compile == 'auto':
+        compile = dtype is not None
     if compile:
         for name in ('backbone', 'neck'):
             part = getattr(model, name, None)
@@ -110,5 +186,6 @@ def enable_fast_inference(model: nn.Module, compile: bool = True, low_precision:
                 part.forward = torch.compile(part.forward, dynamic=True)
         if not hasattr(model, 'backbone'):
             model.forward = torch.compile(model.forward, dynamic=True)
-    model.fast_inference = dict(compile=compile, dtype=str(dtype), channels_last=channels_last)
+    model.fast_inference = dict(compile=bool(compile), dtype=str(dtype),
+                                channels_last=channels_last, keep_freed_memory=kept_memory)
     return model

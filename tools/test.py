@@ -1,7 +1,8 @@
 """Evaluate a checkpoint of a detection ('mmdet') or segmentation ('mmseg') config.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR]
-                         [--tta] [--fast] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm}]
+                         [--tta] [--fast [--fast-dtype DTYPE]] [--cfg-options KEY=VALUE ...]
+                         [--launcher {none,pytorch,slurm}]
 
 Segmentation prints mIoU / mAcc / aAcc overall and IoU / Acc per class; detection prints the
 COCO metrics of the config's evaluator.
@@ -23,8 +24,13 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true', help='test-time augmentation with the '
                         "config's tta_model and tta_pipeline (multi-scale + flip)")
     parser.add_argument('--fast', action='store_true', help='fast inference: channels-last, '
-                        'torch.compile of backbone and neck, bf16/fp16 autocast where the '
-                        'hardware runs it natively (convnext_dense.fast)')
+                        'malloc tuning; bf16/fp16 autocast and torch.compile of backbone and '
+                        'neck where the hardware runs low precision natively '
+                        '(convnext_dense.fast)')
+    parser.add_argument('--fast-dtype', choices=['auto', 'float32', 'bfloat16', 'float16'],
+                        default='auto', help="with --fast: the autocast dtype; 'auto' picks "
+                        'what the hardware runs natively. Forcing bfloat16 on a CPU without '
+                        'native bf16 is slow, but shows its accuracy cost')
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -96,7 +102,10 @@ def main(argv=None):
         model = runner.model
         while hasattr(model, 'module'):  # DDP and TTA wrappers: speed up the inner model
             model = model.module
-        enable_fast_inference(model)
+        import torch
+        low_precision = dict(auto=True, float32=False, bfloat16=torch.bfloat16,
+                             float16=torch.float16)[args.fast_dtype]
+        enable_fast_inference(model, low_precision=low_precision)
         runner.logger.info(f'fast inference: {model.fast_inference}')
     runner.test()
 

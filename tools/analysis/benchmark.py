@@ -4,8 +4,11 @@
     python tools/analysis/benchmark.py --quick        # small shapes, seconds (used by the tests)
 
 Prints a table and one JSON line per figure (``{"figure": ..., "value": ..., "unit": ...}``).
-Every time is the median of ``--repeats`` runs after warm-up; every ratio compares figures
-measured in this same process. FLOP/s count a multiply-add as 2 FLOPs, as the matmul peaks do.
+Every time is the median of ``--repeats`` runs after warm-up, contestants called round-robin;
+every ratio compares figures measured in this same process. The fast-path figures come last,
+because the fast path tunes the process's allocator for good. FLOP/s count a multiply-add as 2
+FLOPs, as the matmul peaks do; a "headroom" figure is the fp32 matmul peak over what a path
+achieves: the most any fp32 implementation could gain on it.
 """
 import argparse
 import copy
@@ -14,11 +17,13 @@ import os.path as osp
 import statistics
 import sys
 import time
+from typing import Callable, Dict
 
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from convnext_dense.fast import autocast_dtype, enable_fast_inference  # noqa: E402
+from convnext_dense.fast import (autocast_dtype, bf16_supported,  # noqa: E402
+                                 enable_fast_inference)
 from convnext_dense.models import ConvNeXt, convert_checkpoint  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -42,15 +47,19 @@ class Report:
                          for r in self.rows)
 
 
-def median_seconds(fn, warmup: int, repeats: int) -> float:
+def median_seconds(fns: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, float]:
+    """Median wall time of each function, called round-robin (A B A B ...) after ``warmup``
+    rounds, so that drifts of a shared machine hit every contestant alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def count_flops(fn) -> float:
@@ -64,11 +73,17 @@ def count_flops(fn) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
-    """Achieved GFLOP/s of a square matmul in ``dtype``."""
+    """GFLOP/s of a square ``size`` x ``size`` matmul in ``dtype``: the best of ``repeats``
+    after a warm-up (a peak, unlike the medians of the other figures)."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    seconds = median_seconds(lambda: torch.mm(a, b), 2, repeats)
-    return 2 * size ** 3 / seconds / 1e9
+    torch.mm(a, b)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        seconds.append(time.perf_counter() - start)
+    return 2 * size ** 3 / min(seconds) / 1e9
 
 
 def peak_memory_bytes(fn) -> float:
@@ -95,37 +110,43 @@ def paired_backbones():
     return ours, reference
 
 
-def bench_backbone_inference(report, shapes, repeats, fast: bool):
-    ours, reference = paired_backbones()
-    ours.eval()
-    reference.eval()
+def bench_backbone_inference(report, ours, reference, shapes, repeats, peak):
+    """Our eager fp32 backbone against timm's, per input shape; returns {shape: seconds}."""
+    seconds = {}
     for shape in shapes:
         tag = 'x'.join(map(str, shape))
         x = torch.randn(*shape)
         flops = count_flops(lambda: ours(x))
         with torch.no_grad():
-            t_ours = median_seconds(lambda: ours(x), 1, repeats)
-            t_timm = median_seconds(lambda: reference.forward_features(x), 1, repeats)
-        report.add(f'backbone_infer_{tag}_ours_fp32', shape[0] / t_ours, 'img/s',
-                   gflops=round(flops / t_ours / 1e9, 1))
-        report.add(f'backbone_infer_{tag}_timm_fp32', shape[0] / t_timm, 'img/s',
-                   gflops=round(flops / t_timm / 1e9, 1))
-        report.add(f'backbone_infer_{tag}_ours_over_timm', t_timm / t_ours, 'x')
-        if fast:
-            fast_model = enable_fast_inference(copy.deepcopy(ours))
-            with torch.no_grad():
-                expected = ours(x)
-                got = fast_model(x)
-                t_fast = median_seconds(lambda: fast_model(x), 1, repeats)
-            deviation = max((a - b.float()).abs().max().item() for a, b in zip(expected, got))
-            report.add(f'backbone_infer_{tag}_ours_fast', shape[0] / t_fast, 'img/s',
-                       gflops=round(flops / t_fast / 1e9, 1), path=str(fast_model.fast_inference))
-            report.add(f'backbone_infer_{tag}_fast_over_ours_fp32', t_ours / t_fast, 'x')
-            report.add(f'backbone_infer_{tag}_fast_max_abs_deviation', deviation, '')
+            t = median_seconds(dict(ours=lambda: ours(x),
+                                    timm=lambda: reference.forward_features(x)), 2, repeats)
+        for name in ('ours', 'timm'):
+            report.add(f'backbone_infer_{tag}_{name}_fp32', shape[0] / t[name], 'img/s',
+                       gflops=round(flops / t[name] / 1e9, 1))
+        report.add(f'backbone_infer_{tag}_ours_over_timm', t['timm'] / t['ours'], 'x')
+        # the most any fp32 path could gain: matmul peak over what eager achieves
+        report.add(f'backbone_infer_{tag}_fp32_headroom', peak * 1e9 * t['ours'] / flops, 'x')
+        seconds[shape] = t['ours']
+    return seconds
 
 
-def bench_backbone_training(report, shape, repeats):
-    ours, reference = paired_backbones()
+def bench_backbone_fast(report, ours, eager_seconds, repeats):
+    """Our fastest path, against the eager figures measured earlier in this run."""
+    fast_model = enable_fast_inference(copy.deepcopy(ours))
+    for shape, t_eager in eager_seconds.items():
+        tag = 'x'.join(map(str, shape))
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            deviation = max((a - b.float()).abs().max().item()
+                            for a, b in zip(ours(x), fast_model(x)))
+            t_fast = median_seconds(dict(fast=lambda: fast_model(x)), 2, repeats)['fast']
+        report.add(f'backbone_infer_{tag}_ours_fast', shape[0] / t_fast, 'img/s',
+                   path=str(fast_model.fast_inference))
+        report.add(f'backbone_infer_{tag}_fast_over_ours_fp32', t_eager / t_fast, 'x')
+        report.add(f'backbone_infer_{tag}_fast_max_abs_deviation', deviation, '')
+
+
+def bench_backbone_training(report, ours, reference, shape, repeats):
     ours_cp = ConvNeXt('tiny', layer_scale_init_value=1.0, with_cp=True)
     ours_cp.load_state_dict(ours.state_dict())
     x = torch.randn(*shape)
@@ -139,13 +160,14 @@ def bench_backbone_training(report, shape, repeats):
             sum(o.float().mean() for o in outputs).backward()
         return run
 
+    for model in (ours, reference, ours_cp):
+        model.train()
     variants = dict(ours=step(ours, ours), timm=step(reference.forward_features, reference),
                     ours_with_cp=step(ours_cp, ours_cp))
     flops = count_flops(variants['ours'])
-    times, memory = {}, {}
-    for name, run in variants.items():
-        times[name] = median_seconds(run, 1, repeats)
-        memory[name] = peak_memory_bytes(run)
+    times = median_seconds(variants, 1, repeats)
+    memory = {name: peak_memory_bytes(run) for name, run in variants.items()}
+    for name in variants:
         report.add(f'backbone_train_{tag}_{name}', shape[0] / times[name], 'img/s',
                    gflops=round(flops / times[name] / 1e9, 1),
                    peak_mib=round(memory[name] / 2 ** 20, 1))
@@ -154,11 +176,12 @@ def bench_backbone_training(report, shape, repeats):
                memory['ours_with_cp'] / memory['ours'], 'x')
     report.add(f'backbone_train_{tag}_with_cp_time_ratio',
                times['ours_with_cp'] / times['ours'], 'x')
+    for model in (ours, reference):
+        model.eval()
 
 
-def bench_detector(report, config, size, repeats, fast: bool):
-    """Cascade Mask R-CNN test step per image (random weights, one synthetic image)."""
-    import convnext_dense  # noqa: F401
+def build_detector(config, size):
+    """Cascade Mask R-CNN (random weights) and one synthetic ``size`` image as a test batch."""
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
@@ -171,20 +194,26 @@ def bench_detector(report, config, size, repeats, fast: bool):
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
     meta = dict(img_shape=(height, width), ori_shape=(height, width), scale_factor=(1.0, 1.0),
                 pad_shape=(height, width))
-    data = dict(inputs=[image], data_samples=[DetDataSample(metainfo=meta)])
-    tag = f'{height}x{width}'
+    return model, dict(inputs=[image], data_samples=[DetDataSample(metainfo=meta)])
+
+
+def bench_detector_eager(report, model, data, tag, repeats, peak):
+    """The test step per image in eager fp32; returns seconds."""
     flops = count_flops(lambda: model.test_step(data))
     with torch.no_grad():
-        t_eager = median_seconds(lambda: model.test_step(data), 1, repeats)
+        t_eager = median_seconds(dict(eager=lambda: model.test_step(data)), 1, repeats)['eager']
     report.add(f'detector_test_step_{tag}_eager_fp32', t_eager, 's/img',
                gflops=round(flops / t_eager / 1e9, 1), model_gflop=round(flops / 2e9, 1))
-    if fast:
-        enable_fast_inference(model)
-        with torch.no_grad():
-            t_fast = median_seconds(lambda: model.test_step(data), 1, repeats)
-        report.add(f'detector_test_step_{tag}_fast', t_fast, 's/img',
-                   gflops=round(flops / t_fast / 1e9, 1), path=str(model.fast_inference))
-        report.add(f'detector_test_step_{tag}_fast_over_eager', t_eager / t_fast, 'x')
+    report.add(f'detector_test_step_{tag}_fp32_headroom', peak * 1e9 * t_eager / flops, 'x')
+    return t_eager
+
+
+def bench_detector_fast(report, model, data, tag, repeats, t_eager):
+    enable_fast_inference(model)
+    with torch.no_grad():
+        t_fast = median_seconds(dict(fast=lambda: model.test_step(data)), 1, repeats)['fast']
+    report.add(f'detector_test_step_{tag}_fast', t_fast, 's/img', path=str(model.fast_inference))
+    report.add(f'detector_test_step_{tag}_fast_over_eager', t_eager / t_fast, 'x')
 
 
 def main(argv=None):
@@ -198,22 +227,35 @@ def main(argv=None):
 
     quick = args.quick
     repeats = args.repeats or (1 if quick else 5)
-    fast = not args.no_fast
     report = Report()
     torch.manual_seed(0)
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, '
-          f'fast-path dtype {autocast_dtype("cpu")}', flush=True)
+          f'native bf16: {bf16_supported()}, fast-path dtype: {autocast_dtype("cpu")}',
+          flush=True)
 
-    size = 256 if quick else 2048
-    report.add('matmul_peak_fp32', matmul_peak(torch.float32, size, repeats), 'GFLOP/s')
-    if autocast_dtype('cpu') is not None:
-        report.add('matmul_peak_bf16', matmul_peak(torch.bfloat16, size, repeats), 'GFLOP/s')
+    peak = matmul_peak(torch.float32, 256 if quick else 3072, repeats)
+    report.add('matmul_peak_fp32', peak, 'GFLOP/s')
+    # without native bf16 a 3072^2 bf16 matmul takes minutes: a smaller one shows the rate
+    bf16_size = 256 if quick else (3072 if bf16_supported() else 512)
+    report.add('matmul_peak_bf16', matmul_peak(torch.bfloat16, bf16_size, repeats), 'GFLOP/s')
+
+    # Eager figures first: the fast path tunes the process's allocator for good.
+    ours, reference = paired_backbones()
+    ours.eval()
+    reference.eval()
     shapes = [(1, 3, 64, 96)] if quick else [(1, 3, 800, 1216), (32, 3, 224, 224)]
-    bench_backbone_inference(report, shapes, repeats, fast)
-    bench_backbone_training(report, (2, 3, 64, 64) if quick else (2, 3, 512, 512), repeats)
+    eager_seconds = bench_backbone_inference(report, ours, reference, shapes, repeats, peak)
+    bench_backbone_training(report, ours, reference,
+                            (2, 3, 64, 64) if quick else (2, 3, 512, 512), repeats)
     if not args.no_detector:
-        bench_detector(report, args.detector_config, (128, 192) if quick else (800, 1216),
-                       repeats, fast)
+        size = (128, 192) if quick else (800, 1216)
+        tag = f'{size[0]}x{size[1]}'
+        detector, data = build_detector(args.detector_config, size)
+        t_detector = bench_detector_eager(report, detector, data, tag, repeats, peak)
+    if not args.no_fast:
+        bench_backbone_fast(report, ours, eager_seconds, repeats)
+        if not args.no_detector:
+            bench_detector_fast(report, detector, data, tag, repeats, t_detector)
     print('\n' + report.table())
     return report
 
