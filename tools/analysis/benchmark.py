@@ -111,7 +111,8 @@ def paired_backbones():
 
 
 def bench_backbone_inference(report, ours, reference, shapes, repeats, peak):
-    """Our eager fp32 backbone against timm's, per input shape; returns {shape: seconds}."""
+    """Our eager fp32 backbone against timm's, per input shape; returns {shape: (seconds,
+    FLOPs)}."""
     seconds = {}
     for shape in shapes:
         tag = 'x'.join(map(str, shape))
@@ -126,14 +127,14 @@ def bench_backbone_inference(report, ours, reference, shapes, repeats, peak):
         report.add(f'backbone_infer_{tag}_ours_over_timm', t['timm'] / t['ours'], 'x')
         # the most any fp32 path could gain: matmul peak over what eager achieves
         report.add(f'backbone_infer_{tag}_fp32_headroom', peak * 1e9 * t['ours'] / flops, 'x')
-        seconds[shape] = t['ours']
+        seconds[shape] = t['ours'], flops
     return seconds
 
 
 def bench_backbone_fast(report, ours, eager_seconds, repeats):
     """Our fastest path, against the eager figures measured earlier in this run."""
     fast_model = enable_fast_inference(copy.deepcopy(ours))
-    for shape, t_eager in eager_seconds.items():
+    for shape, (t_eager, flops) in eager_seconds.items():
         tag = 'x'.join(map(str, shape))
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -141,7 +142,7 @@ def bench_backbone_fast(report, ours, eager_seconds, repeats):
                             for a, b in zip(ours(x), fast_model(x)))
             t_fast = median_seconds(dict(fast=lambda: fast_model(x)), 2, repeats)['fast']
         report.add(f'backbone_infer_{tag}_ours_fast', shape[0] / t_fast, 'img/s',
-                   path=str(fast_model.fast_inference))
+                   gflops=round(flops / t_fast / 1e9, 1), path=str(fast_model.fast_inference))
         report.add(f'backbone_infer_{tag}_fast_over_ours_fp32', t_eager / t_fast, 'x')
         report.add(f'backbone_infer_{tag}_fast_max_abs_deviation', deviation, '')
 
@@ -164,7 +165,9 @@ def bench_backbone_training(report, ours, reference, shape, repeats):
         model.train()
     variants = dict(ours=step(ours, ours), timm=step(reference.forward_features, reference),
                     ours_with_cp=step(ours_cp, ours_cp))
-    flops = count_flops(variants['ours'])
+    # forward + backward = 3x the forward's FLOPs (gradients of inputs and of weights); torch's
+    # counter overcounts the depthwise convolution's backward about 90-fold
+    flops = 3 * count_flops(lambda: ours(x))
     times = median_seconds(variants, 1, repeats)
     memory = {name: peak_memory_bytes(run) for name, run in variants.items()}
     for name in variants:
@@ -198,21 +201,22 @@ def build_detector(config, size):
 
 
 def bench_detector_eager(report, model, data, tag, repeats, peak):
-    """The test step per image in eager fp32; returns seconds."""
+    """The test step per image in eager fp32; returns (seconds, FLOPs)."""
     flops = count_flops(lambda: model.test_step(data))
     with torch.no_grad():
         t_eager = median_seconds(dict(eager=lambda: model.test_step(data)), 1, repeats)['eager']
     report.add(f'detector_test_step_{tag}_eager_fp32', t_eager, 's/img',
                gflops=round(flops / t_eager / 1e9, 1), model_gflop=round(flops / 2e9, 1))
     report.add(f'detector_test_step_{tag}_fp32_headroom', peak * 1e9 * t_eager / flops, 'x')
-    return t_eager
+    return t_eager, flops
 
 
-def bench_detector_fast(report, model, data, tag, repeats, t_eager):
+def bench_detector_fast(report, model, data, tag, repeats, t_eager, flops):
     enable_fast_inference(model)
     with torch.no_grad():
         t_fast = median_seconds(dict(fast=lambda: model.test_step(data)), 1, repeats)['fast']
-    report.add(f'detector_test_step_{tag}_fast', t_fast, 's/img', path=str(model.fast_inference))
+    report.add(f'detector_test_step_{tag}_fast', t_fast, 's/img',
+               gflops=round(flops / t_fast / 1e9, 1), path=str(model.fast_inference))
     report.add(f'detector_test_step_{tag}_fast_over_eager', t_eager / t_fast, 'x')
 
 
@@ -251,11 +255,13 @@ def main(argv=None):
         size = (128, 192) if quick else (800, 1216)
         tag = f'{size[0]}x{size[1]}'
         detector, data = build_detector(args.detector_config, size)
-        t_detector = bench_detector_eager(report, detector, data, tag, repeats, peak)
+        t_detector, detector_flops = bench_detector_eager(report, detector, data, tag, repeats,
+                                                          peak)
     if not args.no_fast:
         bench_backbone_fast(report, ours, eager_seconds, repeats)
         if not args.no_detector:
-            bench_detector_fast(report, detector, data, tag, repeats, t_detector)
+            bench_detector_fast(report, detector, data, tag, repeats, t_detector,
+                                detector_flops)
     print('\n' + report.table())
     return report
 
