@@ -117,9 +117,10 @@ def _float32_inputs(function):
     return wrapper
 
 
-@functools.lru_cache(maxsize=1)
-def _roi_threads(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix='roi_align')
+@functools.lru_cache(maxsize=None)
+def _roi_threads(size: int) -> ThreadPoolExecutor:
+    """One pool per thread count (``torch.get_num_threads()`` rarely changes)."""
+    return ThreadPoolExecutor(max_workers=size, thread_name_prefix='roi_align')
 
 
 def _parallel_roi_align(mmcv_forward):
@@ -138,10 +139,11 @@ def _parallel_roi_align(mmcv_forward):
             return torchvision.ops.roi_align(input, chunk, self.output_size, self.spatial_scale,
                                              self.sampling_ratio, self.aligned)
 
-        workers = min(torch.get_num_threads(), len(rois) // 64)  # a few RoIs: one call
-        if workers < 2:
+        threads = torch.get_num_threads()
+        chunks = min(threads, len(rois) // 64)  # a few RoIs: one call
+        if chunks < 2:
             return align(rois)
-        return torch.cat(list(_roi_threads(workers).map(align, rois.tensor_split(workers))))
+        return torch.cat(list(_roi_threads(threads).map(align, rois.tensor_split(chunks))))
     return forward
 
 
