@@ -1,5 +1,5 @@
-"""What the end-to-end tests share: repository paths, running tools/*.py in a subprocess,
-reading metrics from their logs, and a free TCP port for multi-process runs."""
+"""What the end-to-end tests share: repository paths, toy datasets, running tools/*.py in a
+subprocess, reading metrics from their logs, and a free TCP port for multi-process runs."""
 import os
 import os.path as osp
 import re
@@ -36,6 +36,16 @@ def metric(output, name):
     found = re.findall(rf'{name}: (-?[\d.]+)', output)
     assert found, f'{name} not printed:\n{output[-3000:]}'
     return float(found[-1])
+
+
+def toy_dataset(tmp_path_factory, kind, num_train, num_val, size):
+    """A seed-0 toy COCO (``kind='coco'``) or ADE20K (``'ade'``) set of ``size`` (w, h) images
+    in a fresh temporary folder; returns the folder."""
+    from convnext_dense.datasets.toy import write_ade, write_coco
+    root = tmp_path_factory.mktemp(f'toy_{kind}')
+    write = dict(coco=write_coco, ade=write_ade)[kind]
+    write(str(root), seed=0, num_train=num_train, num_val=num_val, size=size)
+    return root
 
 
 def free_port():

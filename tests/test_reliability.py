@@ -25,7 +25,7 @@ import convnext_dense  # noqa: F401  (patches, registries)
 from convnext_dense import compat
 
 import helpers
-from helpers import DET_DEMO, REPO, SEG_DEMO, TOOLS, free_port
+from helpers import DET_DEMO, REPO, SEG_DEMO, TOOLS, free_port, toy_dataset
 
 sys.path.insert(0, TOOLS)
 import _common  # noqa: E402
@@ -47,18 +47,12 @@ convert_tool = _load_tool('convert_checkpoint')
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
 def toy_ade(tmp_path_factory):
-    from convnext_dense.datasets.toy import write_ade
-    root = tmp_path_factory.mktemp('toy_ade')
-    write_ade(str(root), seed=0, num_train=8, num_val=2, size=(64, 48))
-    return root
+    return toy_dataset(tmp_path_factory, 'ade', num_train=8, num_val=2, size=(64, 48))
 
 
 @pytest.fixture(scope='module')
 def toy_coco(tmp_path_factory):
-    from convnext_dense.datasets.toy import write_coco
-    root = tmp_path_factory.mktemp('toy_coco')
-    write_coco(str(root), seed=0, num_train=4, num_val=2, size=(64, 48))
-    return root
+    return toy_dataset(tmp_path_factory, 'coco', num_train=4, num_val=2, size=(64, 48))
 
 
 SEG_TINY = f"""

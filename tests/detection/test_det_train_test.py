@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import DET_DEMO as DEMO
-from helpers import REPO, SHARED_DATA, TOOLS, free_port, metric, run
+from helpers import REPO, SHARED_DATA, TOOLS, free_port, metric, run, toy_dataset
 from helpers import run_tool as tool
 
 TINY_COCO = osp.join(SHARED_DATA, 'tiny_coco')
@@ -31,10 +31,7 @@ SMALL = ['train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
 
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
-    from convnext_dense.datasets.toy import write_coco
-    root = tmp_path_factory.mktemp('toy_coco')
-    write_coco(str(root), seed=0, num_train=8, num_val=3, size=(128, 96))
-    return root
+    return toy_dataset(tmp_path_factory, 'coco', num_train=8, num_val=3, size=(128, 96))
 
 
 @pytest.fixture(scope='module')

@@ -7,17 +7,14 @@ import re
 import pytest
 
 from helpers import SEG_DEMO as DEMO
-from helpers import run_tool
+from helpers import run_tool, toy_dataset
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
-    from convnext_dense.datasets.toy import write_ade
-    root = tmp_path_factory.mktemp('toy_ade')
-    write_ade(str(root), seed=0, num_train=8, num_val=3, size=(128, 96))
-    return root
+    return toy_dataset(tmp_path_factory, 'ade', num_train=8, num_val=3, size=(128, 96))
 
 
 def small(toy, max_iters):

@@ -17,7 +17,7 @@ import os.path as osp
 import statistics
 import sys
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 
@@ -47,9 +47,9 @@ class Report:
                          for r in self.rows)
 
 
-def median_seconds(fns: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, float]:
-    """Median wall time of each function, called round-robin (A B A B ...) after ``warmup``
-    rounds, so that drifts of a shared machine hit every contestant alike."""
+def run_times(fns: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, List[float]]:
+    """Wall times (s) of ``repeats`` calls of each function, called round-robin (A B A B ...)
+    after ``warmup`` rounds, so that drifts of a shared machine hit every contestant alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -59,7 +59,12 @@ def median_seconds(fns: Dict[str, Callable], warmup: int, repeats: int) -> Dict[
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_seconds(fns: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, float]:
+    """Median of :func:`run_times` per function."""
+    return {name: statistics.median(t) for name, t in run_times(fns, warmup, repeats).items()}
 
 
 def count_flops(fn) -> float:
@@ -77,13 +82,8 @@ def matmul_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
     after a warm-up (a peak, unlike the medians of the other figures)."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        seconds.append(time.perf_counter() - start)
-    return 2 * size ** 3 / min(seconds) / 1e9
+    seconds = min(run_times(dict(mm=lambda: torch.mm(a, b)), 1, repeats)['mm'])
+    return 2 * size ** 3 / seconds / 1e9
 
 
 def peak_memory_bytes(fn) -> float:
