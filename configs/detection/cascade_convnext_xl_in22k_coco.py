@@ -6,8 +6,8 @@
 # Target (paper, COCO val2017, single scale 1333x800): box AP 55.2, mask AP 47.7;
 # 407M parameters, 1898G FLOPs at 1280x800 (tools/analysis/get_flops.py).
 #
-# The backbone starts from the official ImageNet checkpoint, read from a local file (nothing is
-# downloaded); point to it with
+# The backbone starts from the official ImageNet checkpoint, downloaded once into torch's hub
+# cache and loaded weights-only; offline, point to a local copy with
 #   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/convnext_xlarge_22k_224.pth
 _base_ = [
     './_base_/models/cascade_mask_rcnn_convnext_fpn.py',
@@ -15,13 +15,15 @@ _base_ = [
     './_base_/schedules/schedule_3x.py',
     './_base_/default_runtime.py',
 ]
+# official ImageNet weights
+checkpoint_file = 'https://dl.fbaipublicfiles.com/convnext/convnext_xlarge_22k_224.pth'
 model = dict(
     backbone=dict(
         arch='xlarge',
         drop_path_rate=0.8,
         layer_scale_init_value=1.0,
         out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/convnext_xlarge_22k_224.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     neck=dict(in_channels=[256, 512, 1024, 2048]))
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -6,7 +6,7 @@
 # (appendix, Mask R-CNN 1x): box AP 44.2, mask AP 40.1 on COCO val2017; 48M parameters,
 # 262G FLOPs at 1280x800.
 #
-# Point to the ImageNet checkpoint with
+# The ImageNet checkpoint is downloaded once into torch's hub cache; offline, point to a copy with
 #   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/convnext_tiny_1k_224.pth
 _base_ = ['./mask_rcnn_convnext_t_coco.py']
 max_epochs = 12

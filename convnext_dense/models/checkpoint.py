@@ -93,18 +93,24 @@ def convert_checkpoint(state_dict: Dict[str, torch.Tensor],
 
 
 def load_backbone_checkpoint(model: nn.Module, filename: str, prefix: Optional[str] = None,
-                             map_location: str = 'cpu') -> dict:
-    """Load ``filename`` (any layout) into ``model``; return dict(missing, unexpected).
+                             map_location: str = 'cpu', sha256: Optional[str] = None) -> dict:
+    """Load ``filename`` (a local path or URL; any layout) into ``model``; return
+    dict(missing, unexpected).
 
-    Missing and unexpected keys are logged in one summary; a shape mismatch raises
-    ``ValueError`` naming the key and both shapes. A missing local file raises
-    ``FileNotFoundError`` naming the path.
+    A URL is downloaded once into torch's hub cache (SHA-256 checked against ``sha256``, a hex
+    prefix, or the hash in the file name) and loaded weights-only like a local file. Missing
+    and unexpected keys are logged in one summary; a shape mismatch raises ``ValueError``
+    naming the key and both shapes. A missing local file raises ``FileNotFoundError``.
     """
-    if '://' not in str(filename) and not osp.isfile(filename):
+    from ..compat.safe_checkpoint import fetch
+    if str(filename).startswith(('http://', 'https://')):
+        filename = fetch(str(filename), hash_prefix=sha256)
+    elif '://' not in str(filename) and not osp.isfile(filename):
         raise FileNotFoundError(
             f'Pretrained checkpoint {filename!r} does not exist. Set the backbone\'s '
-            f"init_cfg=dict(type='Pretrained', checkpoint=PATH) (or the config's load_from) "
-            f'to a file on this machine; weights are never downloaded at run time.')
+            f"init_cfg=dict(type='Pretrained', checkpoint=PATH_OR_URL) (or the config's "
+            f'load_from) to a file on this machine or a URL, e.g. with --cfg-options '
+            f'model.backbone.init_cfg.checkpoint=/path/to/weights.pth')
     state_dict = convert_checkpoint(_load_checkpoint(filename, map_location=map_location),
                                     prefix=prefix)
     own = model.state_dict()

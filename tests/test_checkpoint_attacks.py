@@ -1,0 +1,388 @@
+"""Hostile checkpoints, built from raw pickle opcodes (never by pickling a class), at pickle
+protocols 2 and 5, in torch's zip and legacy formats. Each is loaded in a child process through
+every load path of ours (compat loader, mmengine's ``_load_checkpoint`` / ``load_checkpoint``,
+a backbone ``init_cfg``, tools/convert_checkpoint.py) and plain ``torch.load``. The child must
+survive (no signal), the payload must not run (no marker file) and every path must refuse the
+file with an error naming the global or the reason. The tools' own paths (load_from,
+--resume, tools/test.py) are attacked in tests/test_reliability.py."""
+import json
+import os.path as osp
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+from helpers import REPO, TOOLS
+
+# ----------------------------------------------------------------------------- opcodes
+MARK, STOP, TUPLE, EMPTY_TUPLE = b'(', b'.', b't', b')'
+EMPTY_DICT, EMPTY_LIST, SETITEMS, APPENDS = b'}', b']', b'u', b'e'
+REDUCE, BUILD, NEWOBJ, BINPERSID = b'R', b'b', b'\x81', b'Q'
+NONE, TRUE, FALSE = b'N', b'\x88', b'\x89'
+BINPUT, BINGET = b'q', b'h'
+
+
+def glob(path):
+    module, name = path.rsplit('.', 1)
+    return b'c' + module.encode() + b'\n' + name.encode() + b'\n'
+
+
+def s(text):
+    data = text.encode()
+    return b'X' + struct.pack('<I', len(data)) + data
+
+
+def i(n):
+    if -2 ** 31 <= n < 2 ** 31:
+        return b'J' + struct.pack('<i', n)
+    data = n.to_bytes((n.bit_length() + 8) // 8, 'little', signed=True)
+    return b'\x8a' + bytes([len(data)]) + data  # LONG1
+
+
+def tup(*items):
+    return MARK + b''.join(items) + TUPLE
+
+
+def call(path, *args):
+    return glob(path) + tup(*args) + REDUCE
+
+
+def raw(data: bytes):
+    """bytes, the way protocol 2 writes them: _codecs.encode(latin-1 text, 'latin1')."""
+    return call('_codecs.encode', s(data.decode('latin1')), s('latin1'))
+
+
+def dict_(**items):
+    return EMPTY_DICT + MARK + b''.join(s(k) + v for k, v in items.items()) + SETITEMS
+
+
+def wrap(body, proto):
+    return b'\x80' + bytes([proto]) + body + STOP
+
+
+HB = 'mmengine.logging.history_buffer.HistoryBuffer'
+MA = 'numpy.core.multiarray'
+
+
+def dtype(code='f8', state=None):
+    state = state if state is not None else tup(i(3), s('<'), NONE, NONE, NONE, i(-1), i(-1),
+                                                  i(0))
+    return call('numpy.dtype', s(code), FALSE, TRUE) + state + BUILD
+
+
+def array(data: bytes, shape, dt=None, module=MA):
+    return (call(f'{module}._reconstruct', glob('numpy.ndarray'), tup(i(0)), raw(b'b'))
+            + tup(i(1), tup(*[i(n) for n in shape]), dt or dtype(), FALSE, raw(data)) + BUILD)
+
+
+def history_buffer(state):
+    return glob(HB) + EMPTY_TUPLE + NEWOBJ + state + BUILD
+
+
+def getattr_(owner, name):
+    return call('builtins.getattr', owner, s(name))
+
+
+def storage(key, numel, legacy, kind='torch.FloatStorage'):
+    """A persistent storage id: zip format (5 fields) or legacy (6, with view metadata)."""
+    fields = [s('storage'), glob(kind), s(key), s('cpu'), i(numel)] + ([NONE] if legacy else [])
+    return tup(*fields) + BINPERSID
+
+
+def tensor(key, numel, size, legacy=False):
+    strides = [1]
+    for n in reversed(size[1:]):
+        strides.insert(0, strides[0] * n)
+    return call('torch._utils._rebuild_tensor_v2', storage(key, numel, legacy), i(0),
+                tup(*[i(n) for n in size]), tup(*[i(st) for st in strides]), FALSE,
+                call('collections.OrderedDict'))
+
+
+SHELL = "touch {marker}"
+GOOD_BUFFER = dict_(max_length=i(10), _log_history=array(b'\0' * 8, (1,)),
+                    _count_history=array(b'\0' * 8, (1,), dtype('i8')))
+
+# name -> (pickle body builder taking the marker path, expected words in every error)
+ATTACKS = {
+    # direct calls: torch's own refusal, through our loader too
+    'os.system': (lambda m: call('os.system', s(SHELL.format(marker=m))), 'system'),
+    'subprocess': (lambda m: call('subprocess.getoutput', s(SHELL.format(marker=m))),
+                   'subprocess.getoutput'),
+    # getattr beyond the statistics, on the allowed class and on others
+    'getattr __init__': (lambda m: getattr_(glob(HB), '__init__'), "'__init__'"),
+    'getattr update': (lambda m: getattr_(glob(HB), 'update'), "'update'"),
+    'getattr register_statistics': (lambda m: getattr_(glob(HB), 'register_statistics'),
+                                    'register_statistics'),
+    'getattr on torch.Tensor': (lambda m: getattr_(glob('torch.Tensor'), 'max'), 'getattr'),
+    'getattr chain to globals': (
+        lambda m: getattr_(getattr_(getattr_(glob(HB), 'min'), '__globals__'), 'os'),
+        'getattr'),
+    # the old chain: getattr result called through torch's default-allowed rebuild function
+    'rebuild_from_type_v2(getattr result)': (
+        lambda m: call('torch._tensor._rebuild_from_type_v2', getattr_(glob(HB), 'min'),
+                       glob('torch.Tensor'), tup(s(SHELL.format(marker=m))), dict_()),
+        'not callable'),
+    'rebuild_from_type_v2(getattr)': (
+        lambda m: call('torch._tensor._rebuild_from_type_v2', glob('builtins.getattr'),
+                       glob('torch.Tensor'), tup(glob(HB), s('__init__')), dict_()),
+        '__init__'),
+    'rebuild_from_type_v2(stand-in class) + state': (
+        lambda m: call('torch._tensor._rebuild_from_type_v2', glob(HB), glob(HB), tup(),
+                       tup(dict_(_statistics_methods=dict_(system=s('x'))), NONE)),
+        'HistoryBuffer'),
+    'rebuild_device_tensor_from_numpy(forged array)': (
+        lambda m: call('torch._utils._rebuild_device_tensor_from_numpy',
+                       array(struct.pack('<Q', 0x41414141), (1,), dtype('i8')),
+                       glob('torch.float32'), s('cpu'), FALSE),
+        'ndarray'),
+    'rebuild_tensor_v2 beyond its storage': (lambda m, legacy: tensor('0', 4, (1 << 20,), legacy),
+                                             'storage'),
+    # BUILD / __setstate__ on every allowed class
+    'BUILD HistoryBuffer poisoning': (
+        lambda m: history_buffer(dict_(_statistics_methods=dict_(system=s('x')))),
+        'HistoryBuffer'),
+    'BUILD HistoryBuffer statistics table': (  # mmengine's __setstate__ merges it into the class
+        lambda m: history_buffer(dict_(
+            max_length=i(10), _log_history=array(b'\0' * 8, (1,)),
+            _count_history=array(b'\0' * 8, (1,), dtype('i8')),
+            statistics_methods=dict_(update=getattr_(glob(HB), 'min')))),
+        'statistics_methods'),
+    'BUILD HistoryBuffer slot state': (
+        lambda m: history_buffer(tup(dict_(), dict_(__class__=glob('torch.Tensor')))),
+        'HistoryBuffer'),
+    'BUILD HistoryBuffer twice': (
+        lambda m: history_buffer(GOOD_BUFFER) + GOOD_BUFFER + BUILD, 'built twice'),
+    'BUILD HistoryBuffer with array interface': (
+        lambda m: history_buffer(dict_(max_length=i(10), _log_history=dict_(
+            __array_interface__=dict_(data=tup(i(0x41414141), FALSE), shape=tup(i(4)),
+                                      typestr=s('<f8'), version=i(3))),
+            _count_history=array(b'\0' * 8, (1,), dtype('i8')))),
+        'HistoryBuffer'),
+    'BUILD dtype forged flags': (
+        lambda m: dtype('f8', tup(i(3), s('<'), NONE, NONE, NONE, i(-1), i(-1), i(0x3f))),
+        'forged'),
+    'BUILD dtype with fields': (
+        lambda m: dtype('f8', tup(i(3), s('|'), NONE, tup(s('a')), dict_(a=tup(dtype('O'), i(0))),
+                                  i(8), i(1), i(0x3f))), 'dtype'),
+    'BUILD ndarray twice': (
+        lambda m: array(b'\0' * 8, (1,)) + tup(i(1), tup(i(1)), dtype('O'), FALSE,
+                                                raw(b'\0' * 8)) + BUILD, 'built twice'),
+    'BUILD getattr record': (
+        lambda m: getattr_(glob(HB), 'min') + dict_(args=tup(s('__init__'))) + BUILD,
+        'StatisticRecord'),
+    'NEWOBJ ndarray with args': (
+        lambda m: glob('numpy.ndarray') + tup(i(1 << 40)) + NEWOBJ, 'array'),
+    # NumPy: object, void and forged dtypes; bytes that do not match the shape
+    'object dtype': (lambda m: array(struct.pack('<Q', 0x41414141), (1,), dtype('O')), "'O'"),
+    'object dtype via numpy._core': (
+        lambda m: array(struct.pack('<Q', 0x41414141), (1,), dtype('O'), 'numpy._core.multiarray'),
+        "'O'"),
+    'void dtype': (lambda m: array(b'\0' * 8, (1,), dtype('V8')), "'V8'"),
+    'object scalar': (lambda m: call(f'{MA}.scalar', dtype('O'), raw(struct.pack('<Q', 1))),
+                      "'O'"),
+    'scalar of wrong size': (lambda m: call(f'{MA}.scalar', dtype('f8'), raw(b'\0' * 3)),
+                             '8 bytes'),
+    'array shorter than its shape': (lambda m: array(b'\0' * 8, (1000, 1000)), 'needs'),
+    'array of a subclass': (
+        lambda m: call(f'{MA}._reconstruct', glob('numpy.dtype'), tup(i(0)), raw(b'b')),
+        'only plain arrays'),
+    'unbuilt array': (
+        lambda m: call(f'{MA}._reconstruct', glob('numpy.ndarray'), tup(i(0)), raw(b'b')),
+        'state layout'),
+    # absurd declared sizes
+    'storage far larger than the file': (
+        lambda m, legacy: tensor('0', 1 << 40, (1 << 40,), legacy), 'declare'),
+}
+
+
+def write_zip(path, data_pkl, storages=None):
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
+        archive.writestr('archive/data.pkl', data_pkl)
+        archive.writestr('archive/byteorder', 'little')
+        for key, data in (storages or {}).items():
+            archive.writestr(f'archive/data/{key}', data)
+        archive.writestr('archive/version', '3\n')
+
+
+def write_legacy(path, data_pkl, storages=None):
+    storages = storages or {}
+    header = b''.join(pickle.dumps(x, protocol=2) for x in (
+        0x1950a86a20f9469cfc6c, 1001,
+        dict(protocol_version=1001, little_endian=True, type_sizes=dict(short=2, int=4,
+                                                                         long=4))))
+    body = pickle.dumps(sorted(storages), protocol=2)
+    for key in sorted(storages):
+        body += struct.pack('<q', len(storages[key]) // 4) + storages[key]
+    with open(path, 'wb') as f:
+        f.write(header + data_pkl + body)
+
+
+def hostile_file(tmp_path, name, proto, fmt, marker):
+    build, _ = ATTACKS[name]
+    legacy = fmt == 'legacy'
+    uses_storage = build.__code__.co_argcount == 2  # builders that take the format
+    payload = dict_(state_dict=dict_(), meta=build(marker, legacy) if uses_storage
+                    else build(marker))
+    path = tmp_path / f'{fmt}-p{proto}.pth'
+    write = write_legacy if legacy else write_zip
+    write(str(path), wrap(payload, proto), {'0': b'\0' * 16} if uses_storage else {})
+    return str(path)
+
+
+CHILD = textwrap.dedent('''
+    import json, sys
+    import torch
+    import convnext_dense
+    from convnext_dense.compat import load_checkpoint
+    from convnext_dense.compat import safe_checkpoint as sc
+    from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint as mm_load
+    from convnext_dense.models import ConvNeXt
+    sys.path.insert(0, sys.argv[1])
+    import convert_checkpoint
+    paths = sys.argv[2:]
+    attempts = {
+        'compat loader': lambda p: load_checkpoint(p),
+        'mmengine _load_checkpoint': lambda p: _load_checkpoint(p, map_location='cpu'),
+        'mmengine load_checkpoint': lambda p: mm_load(torch.nn.Linear(1, 1), p),
+        'backbone init_cfg': lambda p: ConvNeXt('v2-atto', init_cfg=dict(
+            type='Pretrained', checkpoint=p)).init_weights(),
+        'tools/convert_checkpoint.py': lambda p: convert_checkpoint.main([p, p + '.out']),
+        'plain torch.load': lambda p: torch.load(p),
+    }
+    results = {}
+    for path in paths:
+        for how, attempt in attempts.items():
+            try:
+                attempt(path)
+                outcome = 'LOADED'
+            except SystemExit as error:
+                outcome = f'SystemExit: {error}'
+            except BaseException as error:
+                outcome = f'{type(error).__name__}: {error}'
+            results[f'{path} | {how}'] = outcome
+    results['statistics unchanged'] = sorted(sc.HISTORY_STATISTICS)
+    print('RESULTS' + json.dumps(results))
+''')
+
+
+def run_child(paths):
+    result = subprocess.run([sys.executable, '-c', CHILD, TOOLS, *paths], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode >= 0, f'child killed by signal {-result.returncode}:\n' \
+                                   f'{result.stderr[-3000:]}'
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith('RESULTS')][-1]
+    return json.loads(line[len('RESULTS'):])
+
+
+GROUPS = {  # one child process per group
+    'calls': ['os.system', 'subprocess'],
+    'getattr': [n for n in ATTACKS if n.startswith('getattr')],
+    'rebuild chains': [n for n in ATTACKS if n.startswith('rebuild')],
+    'BUILD and NEWOBJ': [n for n in ATTACKS if n.startswith(('BUILD', 'NEWOBJ'))],
+    'numpy': ['object dtype', 'object dtype via numpy._core', 'void dtype', 'object scalar',
+              'scalar of wrong size', 'array shorter than its shape', 'array of a subclass',
+              'unbuilt array'],
+    'sizes': ['storage far larger than the file'],
+}
+
+
+def test_groups_cover_every_attack():
+    assert sorted(n for names in GROUPS.values() for n in names) == sorted(ATTACKS)
+
+
+@pytest.mark.parametrize('group', list(GROUPS))
+def test_hostile_files_are_refused_on_every_path(tmp_path, group):
+    marker = tmp_path / 'pwned'
+    files = {}
+    for k, name in enumerate(GROUPS[group]):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        for proto in (2, 5):
+            for fmt in ('zip', 'legacy'):
+                files[hostile_file(folder, name, proto, fmt, marker)] = name
+    results = run_child(list(files))
+    assert not marker.exists(), f'{group}: a payload ran'
+    assert results.pop('statistics unchanged') == ['current', 'max', 'mean', 'min']
+    assert len(results) == 6 * len(files)
+    for where, outcome in results.items():
+        name = files[where.split(' | ')[0]]
+        assert outcome != 'LOADED', f'{name}: {where} loaded the file'
+        if 'plain torch.load' in where or 'convert' in where:
+            continue  # torch's own message; the tool prints ours on stderr (exit 2)
+        assert ATTACKS[name][1] in outcome, f'{name}: {where}: {outcome}'
+        assert 'CONVNEXT_DENSE_TRUST_CHECKPOINTS' in outcome or 'damaged' in outcome, outcome
+    for path in files:
+        assert not osp.exists(path + '.out')
+
+
+def test_poisoning_does_not_outlive_the_file(tmp_path):
+    """A poisoning attempt, then reads beyond the statistics, then a good file, in one
+    process: every hostile file refused, the good one loads, the constants unchanged."""
+    marker = tmp_path / 'pwned'
+    order = ['BUILD HistoryBuffer statistics table', 'BUILD HistoryBuffer poisoning',
+             'rebuild_from_type_v2(stand-in class) + state',
+             'getattr update', 'getattr chain to globals', 'rebuild_from_type_v2(getattr result)']
+    paths = []
+    for k, name in enumerate(order):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        paths.append(hostile_file(folder, name, 2, 'zip', marker))
+    good = tmp_path / 'good.pth'
+    write_zip(str(good), wrap(dict_(meta=dict_(buffer=history_buffer(GOOD_BUFFER),
+                                               stat=getattr_(glob(HB), 'mean'))), 2))
+    results = run_child(paths + [str(good)])
+    assert not marker.exists()
+    for path in paths:
+        assert results[f'{path} | compat loader'] != 'LOADED'
+    assert results[f'{good} | compat loader'] == 'LOADED'
+    assert results[f'{good} | mmengine _load_checkpoint'] == 'LOADED'
+
+
+def test_raw_built_good_file_loads_with_real_types(tmp_path):
+    """The same builders, used benignly, give a file our loader reads: the suite's files are
+    refused for what they carry, not for how they are written."""
+    from mmengine.logging import HistoryBuffer
+
+    from convnext_dense.compat import load_checkpoint
+    for proto in (2, 5):
+        for fmt, write in (('zip', write_zip), ('legacy', write_legacy)):
+            path = str(tmp_path / f'{fmt}{proto}.pth')
+            write(path, wrap(dict_(
+                w=tensor('0', 4, (2, 2), fmt == 'legacy'), buffer=history_buffer(GOOD_BUFFER),
+                stat=getattr_(glob(HB), 'max'), mean=array(struct.pack('<3d', 1, 2, 3), (3,)),
+                seed=call(f'{MA}.scalar', dtype('i8'), raw(struct.pack('<q', 7)))), proto),
+                {'0': struct.pack('<4f', 1, 2, 3, 4)})
+            loaded = load_checkpoint(path)
+            assert loaded['w'].tolist() == [[1., 2.], [3., 4.]]
+            assert type(loaded['buffer']) is HistoryBuffer and loaded['buffer'].current() == 0
+            assert loaded['stat'] is HistoryBuffer.max
+            assert loaded['mean'].tolist() == [1., 2., 3.] and loaded['seed'] == 7
+
+
+def test_payload_served_over_http_is_refused(tmp_path, monkeypatch):
+    """A hostile file at an http:// URL on 127.0.0.1 is downloaded to the cache and refused
+    by the same loader; its payload never runs."""
+    from test_safe_checkpoint import _Server
+
+    import torch
+
+    from convnext_dense.compat import UnsafeCheckpointError, load_checkpoint
+    marker = tmp_path / 'pwned'
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    for name in ('os.system', 'getattr chain to globals', 'object dtype'):
+        path = hostile_file(tmp_path, name, 2, 'zip', marker)
+        with open(path, 'rb') as f:
+            server = _Server({'evil.pth': f.read()})
+        try:
+            with pytest.raises(UnsafeCheckpointError, match=ATTACKS[name][1]):
+                load_checkpoint(f'{server.url}/evil.pth')
+        finally:
+            server.close()
+        (tmp_path / 'hub' / 'checkpoints' / 'evil.pth').unlink()
+    assert not marker.exists()

@@ -1,0 +1,255 @@
+"""convnext_dense.compat.safe_checkpoint: what a weights-only load gives back, the trust opt-in,
+the scoped allow-list and the download path (hostile files: tests/test_checkpoint_attacks.py)."""
+import hashlib
+import http.server
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import convnext_dense  # noqa: F401  (registers the loader for mmengine's schemes)
+from convnext_dense.compat import safe_checkpoint as sc
+
+
+class TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+
+def mmengine_style_checkpoint():
+    """What mmengine's Runner writes: meta with NumPy values, MessageHub, optimizer state."""
+    from mmengine.logging import MessageHub
+    model = TinyModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.linear.weight.sum().backward()
+    optimizer.step()
+    hub = MessageHub('safe-checkpoint-test')
+    for step in range(3):
+        hub.update_scalar('train/loss', 1.0 / (step + 1))
+        hub.update_scalar('train/lr', np.float64(1e-3))
+    hub.update_info('iter', 3)
+    hub.update_info('rng', np.random.RandomState(3).get_state())
+    return {'meta': {'epoch': 1, 'iter': 3, 'seed': np.int64(42), 'flag': np.bool_(True),
+                     'mean': np.array([123.675, 116.28, 103.53]),
+                     'big_endian': np.arange(6, dtype='>i4').reshape(2, 3),
+                     'fortran': np.asfortranarray(np.arange(6.).reshape(2, 3)),
+                     'dataset_meta': {'classes': ('a', 'b')}},
+            'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'message_hub': hub.state_dict()}
+
+
+def test_runner_checkpoint_comes_back_equal(tmp_path):
+    """Everything a resume needs is rebuilt, equal to what was saved, with the real types."""
+    from mmengine.logging import HistoryBuffer, MessageHub
+    from mmengine.runner.checkpoint import _load_checkpoint, save_checkpoint
+    original = mmengine_style_checkpoint()
+    path = str(tmp_path / 'epoch_1.pth')
+    save_checkpoint(original, path)
+    loaded = _load_checkpoint(path, map_location='cpu')
+    meta = loaded['meta']
+    assert meta['seed'] == 42 and type(meta['seed']) is np.int64
+    assert type(meta['flag']) is np.bool_ and meta['flag']
+    for key in ('mean', 'big_endian', 'fortran'):
+        assert type(meta[key]) is np.ndarray and meta[key].dtype == original['meta'][key].dtype
+        np.testing.assert_array_equal(meta[key], original['meta'][key])
+    assert meta['fortran'].flags.f_contiguous and meta['big_endian'].dtype.byteorder == '>'
+    for key, value in original['state_dict'].items():
+        assert torch.equal(loaded['state_dict'][key], value)
+    assert loaded['optimizer']['state'][0]['step'] == original['optimizer']['state'][0]['step']
+    hub = MessageHub('resumed')
+    hub.load_state_dict(loaded['message_hub'])
+    buffer = hub.log_scalars['train/loss']
+    assert type(buffer) is HistoryBuffer
+    assert buffer.mean() == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert buffer.current() == pytest.approx(1 / 3)
+    assert buffer.max_length == original['message_hub']['log_scalars']['train/loss'].max_length
+    saved_rng, got_rng = original['message_hub']['runtime_info']['rng'], \
+        loaded['message_hub']['runtime_info']['rng']
+    assert got_rng[0] == saved_rng[0] and got_rng[2:] == saved_rng[2:]
+    np.testing.assert_array_equal(got_rng[1], saved_rng[1])
+
+
+def test_statistic_references_come_back_as_the_functions():
+    """mmengine pickles references to HistoryBuffer's statistics as getattr calls."""
+    from mmengine.logging import HistoryBuffer
+    record = sc._history_statistic(sc._HistoryBufferRecord, 'max')
+    assert sc._materialise([record])[0] is HistoryBuffer.max
+
+
+def test_allow_list_is_scoped_to_our_loads(tmp_path):
+    """Plain torch.load in the same process does not inherit our allow-list."""
+    path = str(tmp_path / 'ckpt.pth')
+    torch.save(mmengine_style_checkpoint(), path)
+    before = list(torch.serialization.get_safe_globals())
+    assert sc.load_checkpoint(path)['meta']['iter'] == 3
+    assert list(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # torch's own refusal, as without us
+
+
+class Harmless:
+    def __init__(self):
+        self.value = 7
+
+
+def test_trusted_file_loads_only_with_explicit_opt_in(tmp_path, monkeypatch):
+    from mmengine.logging import MMLogger
+    from mmengine.runner.checkpoint import _load_checkpoint
+    path = str(tmp_path / 'custom.pth')
+    torch.save({'meta': Harmless()}, path)
+    with pytest.raises(sc.UnsafeCheckpointError, match=r'test_safe_checkpoint\.Harmless.*' +
+                       sc.TRUST_ENV):
+        _load_checkpoint(path, map_location='cpu')
+    monkeypatch.setenv(sc.TRUST_ENV, '1')
+    logger = MMLogger.get_instance('trust-test', log_file=str(tmp_path / 'log.txt'))
+    MMLogger._instance_dict.move_to_end('trust-test')  # 'current'
+    assert _load_checkpoint(path, map_location='cpu')['meta'].value == 7
+    for handler in logger.handlers:
+        handler.flush()
+    assert f'loading {path} with full pickle' in (tmp_path / 'log.txt').read_text()
+    monkeypatch.setenv(sc.TRUST_ENV, '0')  # read at every load
+    with pytest.raises(sc.UnsafeCheckpointError):
+        _load_checkpoint(path, map_location='cpu')
+
+
+def test_truncated_checkpoint_is_reported_as_damaged(tmp_path):
+    path = tmp_path / 'epoch_1.pth'
+    torch.save(mmengine_style_checkpoint(), str(path))
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises((sc.DamagedCheckpointError, sc.UnsafeCheckpointError),
+                       match=str(path)):
+        sc.load_checkpoint(str(path))
+
+
+def test_legacy_format_loads(tmp_path):
+    path = str(tmp_path / 'legacy.pth')
+    torch.save({'w': torch.arange(5.), 'meta': {'seed': np.int64(3)}}, path,
+               _use_new_zipfile_serialization=False)
+    loaded = sc.load_checkpoint(path)
+    assert loaded['w'].tolist() == [0., 1., 2., 3., 4.] and loaded['meta']['seed'] == 3
+
+
+# ----------------------------------------------------------------------------- downloads
+class _Server:
+    """A threaded HTTP server on 127.0.0.1 serving ``files`` (name -> bytes); ``truncate``
+    names files sent with a Content-Length larger than the body."""
+
+    def __init__(self, files, truncate=()):
+        files, truncate = dict(files), set(truncate)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = files.get(self.path.lstrip('/'))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(body) * (2 if self.path.lstrip('/')
+                                                                    in truncate else 1)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    return tmp_path / 'hub' / 'checkpoints'
+
+
+def _checkpoint_bytes(tmp_path):
+    path = tmp_path / 'src.pth'
+    torch.save({'state_dict': {'w': torch.arange(4.)}, 'meta': {'seed': np.int64(1)}},
+               str(path))
+    return path.read_bytes()
+
+
+def test_url_is_downloaded_once_into_the_hub_cache(tmp_path, hub_dir):
+    from mmengine.runner.checkpoint import _load_checkpoint
+    body = _checkpoint_bytes(tmp_path)
+    digest = hashlib.sha256(body).hexdigest()
+    name = f'weights-{digest[:8]}.pth'
+    server = _Server({name: body})
+    try:
+        loaded = _load_checkpoint(f'{server.url}/{name}', map_location='cpu')
+    finally:
+        server.close()
+    assert loaded['state_dict']['w'].tolist() == [0., 1., 2., 3.]
+    assert os.listdir(hub_dir) == [name]
+    # the server is gone: the cached copy is used
+    assert _load_checkpoint(f'{server.url}/{name}')['meta']['seed'] == 1
+
+
+@pytest.mark.parametrize('failure', ['server gone', 'truncated', 'wrong hash', 'not found'])
+def test_failed_download_leaves_no_file(tmp_path, hub_dir, failure):
+    body = _checkpoint_bytes(tmp_path)
+    name = 'weights-0123abcd.pth' if failure == 'wrong hash' else 'weights.pth'
+    server = _Server({name: body}, truncate=[name] if failure == 'truncated' else [])
+    url = f'{server.url}/{"missing.pth" if failure == "not found" else name}'
+    if failure == 'server gone':
+        server.close()
+    try:
+        with pytest.raises((OSError, sc.UnsafeCheckpointError), match=r'download|SHA-256'):
+            sc.load_checkpoint(url)
+    finally:
+        if failure != 'server gone':
+            server.close()
+    assert not hub_dir.exists() or os.listdir(hub_dir) == []
+
+
+def test_named_schemes_resolve_to_urls_through_the_same_loader(tmp_path, monkeypatch,
+                                                                 hub_dir):
+    from mmengine.runner import checkpoint as mm
+    body = _checkpoint_bytes(tmp_path)
+    server = _Server({'tv.pth': body})
+    monkeypatch.setattr(mm, 'get_torchvision_models', lambda: {'tiny': f'{server.url}/tv.pth'})
+    try:
+        assert mm._load_checkpoint('torchvision://tiny')['meta']['seed'] == 1
+    finally:
+        server.close()
+    with pytest.raises(KeyError, match='no model'):
+        mm._load_checkpoint('torchvision://no-such-model')
+
+
+def test_backbone_init_cfg_downloads_checks_the_hash_and_loads(tmp_path, hub_dir):
+    """A config's init_cfg URL: downloaded once, SHA-256 checked, weights equal the served
+    ones; a wrong sha256 is refused and leaves nothing in the cache."""
+    from convnext_dense.models import ConvNeXt
+    source = ConvNeXt('v2-atto')
+    with torch.no_grad():
+        for k, p in enumerate(source.parameters()):
+            p.copy_(torch.randn_like(p) + k)
+    path = tmp_path / 'official.pth'
+    torch.save({'model': source.state_dict()}, str(path))
+    body = path.read_bytes()
+    digest = hashlib.sha256(body).hexdigest()
+    server = _Server({'convnext_atto.pth': body})
+    url = f'{server.url}/convnext_atto.pth'
+    try:
+        with pytest.raises(sc.UnsafeCheckpointError, match='SHA-256'):
+            ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=url,
+                                              sha256='00000000')).init_weights()
+        assert not hub_dir.exists() or os.listdir(hub_dir) == []
+        model = ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=url,
+                                                  sha256=digest[:12]))
+        model.init_weights()
+    finally:
+        server.close()
+    assert os.listdir(hub_dir) == ['convnext_atto.pth']
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
