@@ -11,13 +11,17 @@ What it does to an mmengine model (detector, segmentor or bare backbone), in pla
   activations stop paying page faults on every forward;
 - backbone, neck and heads run under autocast (bf16 on CPUs with native bf16 support, fp16 on
   CUDA) and hand float32 to what follows, so post-processing (anchors, box decoding, NMS) and
-  evaluators see the usual dtypes (:func:`low_precision_regions`); mmcv's compiled ops that
-  have no low-precision CPU kernels (RoIAlign, NMS) receive float32 inputs;
+  evaluators see the usual dtypes (:func:`low_precision_regions`): mmcv's compiled ops that
+  have no low-precision CPU kernels (NMS, RoIAlign) receive float32 inputs;
+- the model's own mmcv ``RoIAlign`` layers become ``FastRoIAlign`` layers
+  (:func:`use_fast_roi_align`): float32 NCHW inputs, and on the CPU torchvision's kernel running
+  over several threads;
 - where autocast applies, the backbone's and neck's ``forward`` are compiled with
   ``torch.compile``. In fp32 on the CPU, compiling measured no faster than our eager backbone,
   whose oneDNN fused kernels it cannot use (BENCHMARKS.md), so ``compile='auto'`` skips it there.
 
-The state dict is untouched: the model can still be saved and loaded as usual.
+The state dict is untouched: the model can still be saved and loaded as usual. Only this
+model changes: no class or function of mmcv or mmdet is replaced.
 """
 import ctypes
 import functools
@@ -26,6 +30,7 @@ from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
+from mmcv.ops import RoIAlign
 
 
 def bf16_supported(device: str = 'cpu') -> bool:
@@ -93,71 +98,59 @@ def _plain_float32(value):
     return value
 
 
-def _cast_floats(value, dtype: torch.dtype):
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, tuple):
-        return tuple(_cast_floats(v, dtype) for v in value)
-    return value
-
-
-def _float32_inputs(function):
-    """Wrap an op whose kernels take only contiguous float32: convert tensor args, run it
-    without autocast, and give floating outputs the dtype of the first floating input (mmdet
-    writes RoIAlign's output into a buffer of the feature map's dtype)."""
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        dtypes = [v.dtype for v in (*args, *kwargs.values())
-                  if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        args = [_plain_float32(a) for a in args]
-        kwargs = {k: _plain_float32(v) for k, v in kwargs.items()}
-        with torch.autocast('cpu', enabled=False):
-            output = function(*args, **kwargs)
-        return _cast_floats(output, dtypes[0]) if dtypes else output
-    return wrapper
-
-
 @functools.lru_cache(maxsize=None)
 def _roi_threads(size: int) -> ThreadPoolExecutor:
     """One pool per thread count (``torch.get_num_threads()`` rarely changes)."""
     return ThreadPoolExecutor(max_workers=size, thread_name_prefix='roi_align')
 
 
-def _parallel_roi_align(mmcv_forward):
-    """mmcv RoIAlign.forward on the CPU through torchvision's ``roi_align``, the RoIs split over
-    ``torch.get_num_threads()`` Python threads. Both kernels give bit-identical outputs
-    (tests/test_fast.py), but both run on one core; torchvision's releases the GIL, so the
-    chunks run in parallel (2.1x on 2 cores for Cascade Mask R-CNN's 1000 RoIs)."""
+def _parallel_roi_align(layer, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    """RoIAlign on the CPU through torchvision's ``roi_align``, the RoIs (K, 5) split over
+    ``torch.get_num_threads()`` Python threads; returns (K, C, h, w). mmcv's kernel and
+    torchvision's give bit-identical outputs (tests/test_fast.py), but both run on one core;
+    torchvision's releases the GIL, so the chunks run in parallel (2.1x on 2 cores for Cascade
+    Mask R-CNN's 1000 RoIs)."""
     import torchvision
 
-    @functools.wraps(mmcv_forward)
-    def forward(self, input, rois):
-        if input.device.type != 'cpu' or self.pool_mode != 'avg':
-            return mmcv_forward(self, input, rois)
+    def align(chunk):
+        return torchvision.ops.roi_align(input, chunk, layer.output_size, layer.spatial_scale,
+                                         layer.sampling_ratio, layer.aligned)
 
-        def align(chunk):
-            return torchvision.ops.roi_align(input, chunk, self.output_size, self.spatial_scale,
-                                             self.sampling_ratio, self.aligned)
-
-        threads = torch.get_num_threads()
-        chunks = min(threads, len(rois) // 64)  # a few RoIs: one call
-        if chunks < 2:
-            return align(rois)
-        return torch.cat(list(_roi_threads(threads).map(align, rois.tensor_split(chunks))))
-    return forward
+    threads = torch.get_num_threads()
+    chunks = min(threads, len(rois) // 64)  # a few RoIs: one call
+    if chunks < 2:
+        return align(rois)
+    return torch.cat(list(_roi_threads(threads).map(align, rois.tensor_split(chunks))))
 
 
-@functools.lru_cache(maxsize=None)
-def _protect_mmcv_ops() -> None:
-    """mmcv's CPU RoIAlign and NMS kernels take only float32/float64, and RoIAlign reads its
-    input as contiguous NCHW (a channels-last map gives wrong features without an error).
-    RoIAlign also gets the multi-threaded CPU path of :func:`_parallel_roi_align`."""
-    import importlib
-    nms_module = importlib.import_module('mmcv.ops.nms')  # mmcv.ops.nms is also a function
-    roi_align_module = importlib.import_module('mmcv.ops.roi_align')
-    roi_align_module.RoIAlign.forward = _float32_inputs(
-        _parallel_roi_align(roi_align_module.RoIAlign.forward))
-    nms_module.NMSop.apply = _float32_inputs(nms_module.NMSop.apply)
+class FastRoIAlign(RoIAlign):
+    """mmcv's ``RoIAlign`` as the fast path runs it: inputs as contiguous float32 (mmcv's CPU
+    kernel takes only float32/float64 and reads its input as NCHW: a channels-last map gives
+    wrong features without an error), outside autocast, the output back in the input map's
+    dtype (mmdet writes it into a buffer of that dtype); on the CPU with ``pool_mode='avg'``,
+    the multi-threaded :func:`_parallel_roi_align`."""
+
+    def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        dtype = input.dtype
+        input, rois = _plain_float32(input), _plain_float32(rois)
+        with torch.autocast(input.device.type, enabled=False):
+            if input.device.type == 'cpu' and self.pool_mode == 'avg':
+                output = _parallel_roi_align(self, input, rois)
+            else:
+                output = super().forward(input, rois)
+        return output.to(dtype)
+
+
+def use_fast_roi_align(model: nn.Module) -> int:
+    """Turn the mmcv ``RoIAlign`` layers inside ``model`` into ``FastRoIAlign`` layers (same
+    state, same arguments; the instances' class changes, no other model's layers and not
+    mmcv's class). Returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, RoIAlign) and not isinstance(module, FastRoIAlign):
+            module.__class__ = FastRoIAlign
+            changed += 1
+    return changed
 
 
 def low_precision_regions(model: nn.Module) -> List[nn.Module]:
@@ -209,7 +202,7 @@ def enable_fast_inference(model: nn.Module, compile: Union[bool, str] = 'auto',
     or two on a small CPU. ``keep_memory`` calls :func:`keep_freed_memory` on the CPU.
     """
     device = next(model.parameters()).device.type
-    _protect_mmcv_ops()
+    use_fast_roi_align(model)
     if channels_last:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):

@@ -5,6 +5,7 @@ Anything registered here is reachable from mmdet / mmseg / mmpretrain configs as
 ``custom_imports=dict(imports=['convnext_dense'])``).
 """
 from mmengine.registry import HOOKS as ROOT_HOOKS
+from mmengine.registry import MODEL_WRAPPERS as ROOT_MODEL_WRAPPERS
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import TRANSFORMS as ROOT_TRANSFORMS
@@ -20,3 +21,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
 HOOKS = Registry('hook', parent=ROOT_HOOKS, scope=SCOPE, locations=['convnext_dense.engine'])
 TRANSFORMS = Registry('transform', parent=ROOT_TRANSFORMS, scope=SCOPE,
                       locations=['convnext_dense.datasets'])
+MODEL_WRAPPERS = Registry('model_wrapper', parent=ROOT_MODEL_WRAPPERS, scope=SCOPE,
+                          locations=['convnext_dense.engine'])

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-import convnext_dense  # noqa: F401  (patches, registries)
-from convnext_dense import compat
+import convnext_dense  # noqa: F401  (registries)
+from convnext_dense.datasets import build_checked_dataset
+from convnext_dense.engine import find_latest_checkpoint
 
 import helpers
 from helpers import DET_DEMO, REPO, SEG_DEMO, TOOLS, free_port, toy_dataset
@@ -205,21 +206,21 @@ def _seg_model_state(toy_ade):
 def test_checkpoint_of_another_shape_or_model_is_an_error(toy_ade, tmp_path):
     from convnext_dense.models.checkpoint import check_checkpoint_fits
     state = _seg_model_state(toy_ade)
-    assert tuple(state['decode_head.conv_seg.weight'].shape) == (5, 64, 1, 1)
-    # 6 classes instead of 5: mmengine alone would only warn and evaluate a half-loaded model
-    wrong = dict(state, **{'decode_head.conv_seg.weight': torch.zeros(6, 64, 1, 1),
-                           'decode_head.conv_seg.bias': torch.zeros(6)})
-    torch.save({'state_dict': wrong}, tmp_path / 'classes6.pth')
-    argv = [SEG_DEMO, str(tmp_path / 'classes6.pth'), '--work-dir', str(tmp_path / 'w'),
+    assert tuple(state['decode_head.conv_seg.weight'].shape) == (6, 64, 1, 1)
+    # 7 classes instead of 6: mmengine alone would only warn and evaluate a half-loaded model
+    wrong = dict(state, **{'decode_head.conv_seg.weight': torch.zeros(7, 64, 1, 1),
+                           'decode_head.conv_seg.bias': torch.zeros(7)})
+    torch.save({'state_dict': wrong}, tmp_path / 'classes7.pth')
+    argv = [SEG_DEMO, str(tmp_path / 'classes7.pth'), '--work-dir', str(tmp_path / 'w'),
             '--cfg-options', f'data_root={toy_ade}', 'test_dataloader.num_workers=0',
             'test_dataloader.persistent_workers=False']
     with pytest.raises(ValueError) as info:
         test_tool.main(argv)
     message = str(info.value)
-    assert 'classes6.pth' in message and '2 tensor(s) have another shape' in message
-    assert 'decode_head.conv_seg.weight: checkpoint (6, 64, 1, 1) vs model (5, 64, 1, 1)' \
+    assert 'classes7.pth' in message and '2 tensor(s) have another shape' in message
+    assert 'decode_head.conv_seg.weight: checkpoint (7, 64, 1, 1) vs model (6, 64, 1, 1)' \
         in message
-    assert 'decode_head.conv_seg.bias: checkpoint (6,) vs model (5,)' in message
+    assert 'decode_head.conv_seg.bias: checkpoint (7,) vs model (6,)' in message
     # a bare backbone state dict (no 'backbone.' prefix): another model altogether
     bare = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     torch.save(bare, tmp_path / 'bare.pth')
@@ -236,17 +237,18 @@ def test_checkpoint_of_another_shape_or_model_is_an_error(toy_ade, tmp_path):
     from mmengine.registry import MODELS
     model = MODELS.build(_common.load_config(train_tool.parse_args([SEG_DEMO])).model)
     with pytest.raises(ValueError, match='--skip-mismatched'):
-        check_checkpoint_fits(model, {'state_dict': wrong}, 'classes6.pth')
-    check_checkpoint_fits(model, {'state_dict': wrong}, 'classes6.pth', skip_mismatched=True)
+        check_checkpoint_fits(model, {'state_dict': wrong}, 'classes7.pth')
+    check_checkpoint_fits(model, {'state_dict': wrong}, 'classes7.pth', skip_mismatched=True)
     assert train_tool.parse_args([SEG_DEMO, '--skip-mismatched']).skip_mismatched
 
 
 def _coco_dataset(root, ann_file='annotations/instances_train.json', prefix='train/', **kw):
+    """A toy CocoDataset built with the checks that tools/train.py and test.py run."""
     from mmdet.datasets import CocoDataset
     from convnext_dense.datasets import TOY_CLASSES
-    return CocoDataset(data_root=str(root), ann_file=ann_file, data_prefix=dict(img=prefix),
-                       metainfo=dict(classes=TOY_CLASSES), pipeline=kw.pop('pipeline', []),
-                       **kw)
+    return build_checked_dataset(dict(
+        type=CocoDataset, data_root=str(root), ann_file=ann_file, data_prefix=dict(img=prefix),
+        metainfo=dict(classes=TOY_CLASSES), pipeline=kw.pop('pipeline', []), **kw))
 
 
 def test_annotation_and_root_errors_name_the_file(toy_coco, toy_ade, tmp_path):
@@ -286,10 +288,36 @@ def test_annotation_and_root_errors_name_the_file(toy_coco, toy_ade, tmp_path):
     prefixes = dict(img_path='images/training', seg_map_path='annotations/training')
     with pytest.raises(FileNotFoundError, match=r'1 of the 8 segmentation maps .* the first: '
                                                 r'.*training/000003\.png'):
-        BaseSegDataset(data_root=str(ade), data_prefix=prefixes, img_suffix='.jpg',
-                       seg_map_suffix='.png', pipeline=[])
+        build_checked_dataset(dict(type=BaseSegDataset, data_root=str(ade),
+                                   data_prefix=prefixes, img_suffix='.jpg',
+                                   seg_map_suffix='.png', pipeline=[]))
     with pytest.raises(FileNotFoundError, match=r"dataset root .*nowhere' does not exist"):
-        BaseSegDataset(data_root=str(tmp_path / 'nowhere'), data_prefix=prefixes, pipeline=[])
+        build_checked_dataset(dict(type=BaseSegDataset, data_root=str(tmp_path / 'nowhere'),
+                                   data_prefix=prefixes, pipeline=[]))
+    # the same checks through a dataset wrapper, and on a dataset the Runner built (the hook)
+    from convnext_dense.datasets import check_built_dataset, check_dataset_config
+    with pytest.raises(FileNotFoundError, match=r'1 of the 8 segmentation maps'):
+        check_dataset_config(dict(type='RepeatDataset', times=2, dataset=dict(
+            type=BaseSegDataset, data_root=str(ade), data_prefix=prefixes, img_suffix='.jpg',
+            seg_map_suffix='.png', pipeline=[])))
+    built = BaseSegDataset(data_root=str(ade), data_prefix=prefixes, img_suffix='.jpg',
+                           seg_map_suffix='.png', pipeline=[])  # stock mmseg: no check
+    with pytest.raises(FileNotFoundError, match=r'1 of the 8 segmentation maps'):
+        check_built_dataset(built)
+    from types import SimpleNamespace
+    from mmengine.registry import HOOKS
+    hook = HOOKS.build(dict(type='convnext_dense.DatasetCheckHook'))
+    with pytest.raises(FileNotFoundError, match=r'1 of the 8 segmentation maps'):
+        hook.before_train(SimpleNamespace(train_dataloader=SimpleNamespace(dataset=built)))
+
+
+def test_tools_check_the_data_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dataset root .*nowhere' does not exist"):
+        train_tool.main([SEG_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
+                         f'data_root={tmp_path / "nowhere"}'])
+    with pytest.raises(FileNotFoundError, match=r"dataset root .*nowhere' does not exist"):
+        test_tool.main([SEG_DEMO, __file__, '--work-dir', str(tmp_path), '--cfg-options',
+                        f'data_root={tmp_path / "nowhere"}'])
 
 
 def test_images_without_annotations_follow_filter_cfg(toy_coco, tmp_path):
@@ -330,7 +358,6 @@ def test_images_without_annotations_follow_filter_cfg(toy_coco, tmp_path):
 
 
 def test_corrupt_and_truncated_images_are_named(toy_ade, tmp_path):
-    from mmcv.transforms import LoadImageFromFile
     from convnext_dense.datasets import CorruptImageError, LoadImageFromFileChecked
     good = toy_ade / 'images' / 'training' / '000000.jpg'
     data = good.read_bytes()
@@ -341,7 +368,7 @@ def test_corrupt_and_truncated_images_are_named(toy_ade, tmp_path):
              'empty.jpg': b''}
     reasons = {'garbage.jpg': 'cannot be decoded', 'cut.jpg': 'truncated',
                'cut.png': 'truncated', 'empty.jpg': 'empty'}
-    load = LoadImageFromFile()
+    load = LoadImageFromFileChecked()
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(CorruptImageError) as info:
@@ -360,9 +387,7 @@ def test_corrupt_and_truncated_images_are_named(toy_ade, tmp_path):
     assert skipping(dict(img_path=str(tmp_path / 'cut.jpg'))) is None
     assert LoadImageFromFileChecked.skipped[before:] == [str(tmp_path / 'cut.jpg')]
     assert skipping(dict(img_path=str(good)))['img'].shape == (48, 64, 3)
-    with pytest.raises(CorruptImageError):
-        LoadImageFromFileChecked()(dict(img_path=str(tmp_path / 'cut.jpg')))
-    # in a dataset: the default loader names the image, the opt-in one skips it
+    # in a dataset: the checked loader names the image, or skips it when asked to
     _common.load_config(train_tool.parse_args([SEG_DEMO]))  # mmseg scope
     from mmseg.datasets import BaseSegDataset
     ade = tmp_path / 'ade'
@@ -377,7 +402,7 @@ def test_corrupt_and_truncated_images_are_named(toy_ade, tmp_path):
             pipeline=[loader, dict(type='LoadAnnotations'), dict(type='PackSegInputs')])
 
     with pytest.raises(CorruptImageError, match=r'Image .*training/000001\.jpg is corrupt'):
-        dataset(dict(type='LoadImageFromFile'))[1]
+        dataset(dict(type='convnext_dense.LoadImageFromFileChecked'))[1]
     skipped = dataset(dict(type='convnext_dense.LoadImageFromFileChecked',
                            skip_bad_images=True))
     before = len(LoadImageFromFileChecked.skipped)
@@ -428,15 +453,8 @@ def test_runtime_configs_carry_the_reliability_hooks():
         assert types == ['convnext_dense.StopOnNonFiniteLossHook',
                          'convnext_dense.ReproducibilityHook'], config
         assert cfg.env_cfg.dist_cfg.timeout == 1800  # no collective waits forever
-
-
-def test_atomic_writes_get_the_usual_file_mode(tmp_path):
-    old = os.umask(0o022)
-    try:
-        compat.write_atomically(b'x', str(tmp_path / 'a.pth'))
-    finally:
-        os.umask(old)
-    assert (os.stat(tmp_path / 'a.pth').st_mode & 0o777) == 0o644  # mkstemp alone gives 0600
+        assert cfg.default_hooks.checkpoint.type == 'convnext_dense.AtomicCheckpointHook'
+        assert cfg.model_wrapper_cfg.type == 'convnext_dense.AnyDeviceDistributedDataParallel'
 
 
 def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
@@ -533,7 +551,7 @@ def test_sigkill_mid_save_then_resume_matches_an_uninterrupted_run(toy_ade, conf
     assert osp.basename(partial).startswith('.iter_4.pth') and osp.isfile(partial)
     assert not osp.exists(work_b / 'iter_4.pth')
     assert (work_b / 'last_checkpoint').read_text().strip() == str(work_b / 'iter_2.pth')
-    assert compat.find_latest_checkpoint(str(work_b)) == str(work_b / 'iter_2.pth')
+    assert find_latest_checkpoint(str(work_b)) == str(work_b / 'iter_2.pth')
     # same seed, deterministic mode: the killed run had logged A's losses exactly
     losses_b = logged_losses(work_b)
     assert sorted(losses_b) == [1, 2, 3, 4]

@@ -1,19 +1,25 @@
-"""Shared set-up for tools/train.py and tools/test.py (detection and segmentation configs)."""
+"""What tools/train.py, test.py and convert_checkpoint.py share: imports, config loading, the
+one function that builds the Runner, the checkpoint-exists check, and error reporting (an
+expected error is one line on stderr and exit status 2; ``--debug`` or
+``CONVNEXT_DENSE_DEBUG=1`` shows the traceback)."""
 import importlib
+import linecache
 import os
 import os.path as osp
 import sys
 
-# Make `import convnext_dense` work from a plain checkout too (tools/ sits next to the package).
-_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-import convnext_dense  # noqa: E402,F401  (applies compat patches, registers our scope)
+try:
+    import convnext_dense  # registers our scope, applies the compat fixes
+except ModuleNotFoundError as error:  # not installed: a plain checkout, the package next to us
+    if error.name != 'convnext_dense':
+        raise
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    import convnext_dense  # noqa: F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 SCOPES = ('mmdet', 'mmseg')
+DEBUG_ENV = 'CONVNEXT_DENSE_DEBUG'
 
 
 def add_common_args(parser) -> None:
@@ -29,6 +35,13 @@ def add_common_args(parser) -> None:
                         help='job launcher (none: one process)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
+    add_debug_arg(parser)
+
+
+def add_debug_arg(parser) -> None:
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error '
+                        f'(also {DEBUG_ENV}=1); without it an expected error (a missing file, a '
+                        'typo in --cfg-options, ...) is one line and exit status 2')
 
 
 def load_config(args) -> Config:
@@ -126,3 +139,130 @@ def _propagate_data_root(cfg: Config, old_root, data_root: str) -> None:
             path = evaluator.get('ann_file') if evaluator else None
             if isinstance(path, str) and path.startswith(old_root):
                 evaluator['ann_file'] = osp.join(data_root, path[len(old_root):].lstrip('/'))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def require_checkpoint(path, what: str = 'checkpoint',
+                       hint: str = 'give the path of a checkpoint file') -> None:
+    """``FileNotFoundError`` naming ``what`` and ``path`` when the local file ``path`` does not
+    exist (URLs are left to the loader)."""
+    if path and '://' not in str(path) and not osp.isfile(path):
+        raise FileNotFoundError(f'{what} {path} does not exist; {hint}.')
+
+
+# ----------------------------------------------------------------------------- the runner
+def select_components(cfg: Config) -> None:
+    """What the tools choose for any config they run: atomic checkpoint writes (a stock
+    ``CheckpointHook`` becomes ``convnext_dense.AtomicCheckpointHook``) and, for a distributed
+    run without GPU that names no ``model_wrapper_cfg``, the CPU-capable DDP wrapper."""
+    from convnext_dense.engine.distributed import accelerator_available
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if hook is not None and hook.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
+        hook['type'] = 'convnext_dense.AtomicCheckpointHook'
+    if cfg.get('launcher', 'none') != 'none' and cfg.get('model_wrapper_cfg') is None \
+            and not accelerator_available():
+        cfg.model_wrapper_cfg = dict(
+            type='convnext_dense.AnyDeviceDistributedDataParallel', broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def init_distributed(cfg: Config) -> None:
+    """``--launcher pytorch`` on a machine without GPU: initialise the process group (gloo)
+    here, without the ``torch.cuda.set_device`` of mmengine's launcher; the Runner then uses
+    it as it is. With a GPU, mmengine's own launcher does the job."""
+    import torch.distributed as dist
+    from convnext_dense.engine.distributed import (accelerator_available,
+                                                   init_process_group_without_accelerator)
+    if cfg.get('launcher') == 'pytorch' and not accelerator_available() \
+            and not dist.is_initialized():
+        dist_cfg = dict((cfg.get('env_cfg') or {}).get('dist_cfg') or {})
+        init_process_group_without_accelerator(**dist_cfg)
+
+
+def build_runner(cfg: Config, splits=('train', 'val'), **fits):
+    """The Runner of ``cfg`` for tools/train.py (``splits=('train', 'val')``) and
+    tools/test.py (``('test',)``), after :func:`select_components` and
+    :func:`init_distributed`; with ``CheckpointFitsModelHook(**fits)`` registered and the
+    datasets of ``splits`` checked (:func:`convnext_dense.datasets.check_dataset_config`)."""
+    from convnext_dense.datasets import check_dataset_config
+    from convnext_dense.engine import CheckpointFitsModelHook
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    select_components(cfg)
+    init_distributed(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    # a checkpoint of another model or shape is an error, not a warning
+    runner.register_hook(CheckpointFitsModelHook(**fits))
+    for split in splits:  # the model is built (config errors first), the datasets not yet
+        loader = cfg.get(f'{split}_dataloader')
+        if loader and isinstance(loader.get('dataset'), dict):
+            check_dataset_config(loader['dataset'])
+    return runner
+
+
+# ----------------------------------------------------------------------------- errors
+def _expected_types() -> tuple:
+    from convnext_dense.compat import DamagedCheckpointError, UnsafeCheckpointError
+    from convnext_dense.datasets import CorruptImageError, DatasetError
+    return (FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError, CfgOptionError,
+            DatasetError, CorruptImageError)
+
+
+_OURS = (osp.dirname(osp.abspath(convnext_dense.__file__)), osp.dirname(osp.abspath(__file__)))
+
+
+def _raised_on_purpose(error: BaseException) -> bool:
+    """Whether a ``raise`` statement in convnext_dense or tools/ raised ``error`` (our
+    deliberate errors name the problem; anything else may be a bug and keeps its traceback)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    filename = osp.abspath(tb.tb_frame.f_code.co_filename)
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    return filename.startswith(_OURS) and line.startswith('raise ')
+
+
+def expected_error(error: BaseException):
+    """The exception to report as one line for ``error`` (itself, or one it was raised from or
+    while handling, e.g. ours inside mmengine's registry), or None: show the traceback."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, _expected_types()) or _raised_on_purpose(error):
+            return error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, KeyError) and len(error.args) == 1:  # str() would add quotes
+        return str(error.args[0])
+    return str(error)
+
+
+def run_tool(main, argv=None) -> None:
+    """Run ``main(argv)``; an expected error (:func:`expected_error`) prints ``error: ...`` on
+    stderr and exits with status 2, unless ``--debug`` or ``CONVNEXT_DENSE_DEBUG=1``."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = '--debug' in argv or os.environ.get(DEBUG_ENV, '0').lower() not in ('', '0', 'false')
+    try:
+        main(argv)
+    except Exception as error:
+        reported = None if debug else expected_error(error)
+        if reported is None:
+            raise
+        print(f'error: {_message(reported)}', file=sys.stderr)
+        sys.exit(2)
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """End torch.distributed after a finished run. A process that exits with its gloo group
+    still alive can abort in the group's destructor ('terminate called without an active
+    exception', exit -6), seen once in a 2-process CPU run."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -2,7 +2,7 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR]
                          [--tta] [--fast [--fast-dtype DTYPE]] [--cfg-options KEY=VALUE ...]
-                         [--launcher {none,pytorch,slurm}]
+                         [--launcher {none,pytorch,slurm}] [--debug]
 
 Segmentation prints mIoU / mAcc / aAcc overall and IoU / Acc per class; detection prints the
 COCO metrics of the config's evaluator.
@@ -10,7 +10,7 @@ COCO metrics of the config's evaluator.
 import argparse
 import os.path as osp
 
-from _common import add_common_args, load_config
+from _common import add_common_args, build_runner, load_config, require_checkpoint, run_tool
 
 
 def parse_args(argv=None):
@@ -73,9 +73,8 @@ def _enable_tta(cfg, config_path: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist; give the path '
-                                f'of a checkpoint file written by training this config')
+    require_checkpoint(args.checkpoint, 'checkpoint',
+                       'give the path of a checkpoint file written by training this config')
     cfg.load_from = args.checkpoint
     if args.show_dir:
         _enable_show_dir(cfg, args.show_dir)
@@ -88,12 +87,7 @@ def main(argv=None):
         raise ValueError(f'--out {args.out}: detection predictions are written as a pickle; '
                          f'give a file name ending in .pkl.')
 
-    from convnext_dense.engine import CheckpointFitsModelHook
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    # a checkpoint of another model or shape is an error, not a warning
-    runner.register_hook(CheckpointFitsModelHook(require_all=True))
+    runner = build_runner(cfg, splits=('test',), require_all=True)
     if args.out and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
@@ -111,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

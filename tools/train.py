@@ -1,17 +1,18 @@
 """Train a detector (default_scope 'mmdet') or a segmentor (default_scope 'mmseg').
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp [{fp16,bf16}]]
                           [--skip-mismatched] [--cfg-options KEY=VALUE ...]
-                          [--launcher {none,pytorch,slurm}]
+                          [--launcher {none,pytorch,slurm}] [--debug]
 
 A checkpoint given as load_from or --resume CKPT must exist and fit the model: a tensor of
 another shape or a checkpoint of another model stops the run with an error naming them.
+``--resume`` alone continues from the newest complete checkpoint in the work dir. An expected
+error is one line on stderr and exit status 2 (``--debug`` shows the traceback).
 """
 import argparse
-import os.path as osp
 import warnings
 
-from _common import add_common_args, load_config
+from _common import add_common_args, build_runner, load_config, require_checkpoint, run_tool
 
 
 def parse_args(argv=None):
@@ -25,52 +26,74 @@ def parse_args(argv=None):
                         help='load_from: leave tensors whose shape differs from the model at '
                         'their initial values (fine-tuning to another number of classes) '
                         'instead of stopping with an error')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+    parser.add_argument('--amp', nargs='?', const='fp16', default=None,
+                        choices=['fp16', 'bf16'],
+                        help='automatic mixed precision (AmpOptimWrapper): fp16 (the default '
+                        'without a value) with dynamic loss scaling, or bf16 without loss '
+                        'scaling (a GPU with bf16: Ampere or newer)')
     add_common_args(parser)
     return parser.parse_args(argv)
 
 
-def _setup_amp(cfg, requested: bool) -> None:
+def _setup_amp(cfg, requested=None) -> None:
+    """Apply --amp to ``cfg.optim_wrapper``: ``'fp16'`` (or True) or ``'bf16'`` turns an
+    OptimWrapper into mmengine's AmpOptimWrapper with that autocast dtype, fp16 with dynamic
+    loss scaling, bf16 without (its range is fp32's); ``None`` / False keeps the config's
+    choice, e.g. ``optim_wrapper=dict(type='AmpOptimWrapper', dtype='bfloat16')``. Without a
+    GPU an AmpOptimWrapper becomes an fp32 OptimWrapper, with a warning."""
     import torch
     wrapper = cfg.optim_wrapper
-    if requested and wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
-        wrapper.type = 'AmpOptimWrapper'
-        wrapper.loss_scale = 'dynamic'
-    elif requested and wrapper.get('type') != 'AmpOptimWrapper':
-        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, the '
-                         f'config has {wrapper.type!r}; drop --amp or change the config.')
+    if requested:
+        precision = 'fp16' if requested is True else requested
+        if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
+            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, '
+                             f'the config has {wrapper.type!r}; drop --amp or change the '
+                             f'config.')
+        if wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.loss_scale = 'dynamic'
+        if precision == 'bf16':
+            wrapper.dtype = 'bfloat16'
+            wrapper.loss_scale = dict(enabled=False)  # a GradScaler that does nothing
+        else:
+            wrapper.dtype = 'float16'
+            if wrapper.get('loss_scale') == dict(enabled=False):
+                wrapper.loss_scale = 'dynamic'
     if wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
         # mmengine's AmpOptimWrapper refuses to run without an accelerator.
-        warnings.warn('AMP (fp16 with loss scaling) needs a GPU and none is available: '
+        warnings.warn('AMP (fp16 with loss scaling, or bf16) needs a GPU and none is available: '
                       'training in fp32 with OptimWrapper instead.')
         wrapper.type = 'OptimWrapper'
         for key in ('loss_scale', 'dtype', 'use_fsdp'):
             wrapper.pop(key, None)
 
 
+def resolve_resume(cfg, resume) -> None:
+    """``--resume`` (``'auto'``: the newest complete checkpoint in the work dir, found by
+    :func:`convnext_dense.engine.find_latest_checkpoint`; a path: that file) into
+    ``cfg.resume`` / ``cfg.load_from``."""
+    if resume == 'auto':
+        from convnext_dense.engine import find_latest_checkpoint
+        found = find_latest_checkpoint(cfg.work_dir)
+        if found is None:
+            warnings.warn(f'--resume: no checkpoint in {cfg.work_dir}; training from the start.')
+        cfg.resume, cfg.load_from = found is not None, found
+    elif resume is not None:
+        cfg.resume, cfg.load_from = True, resume
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
     _setup_amp(cfg, args.amp)
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    path = cfg.get('load_from')
-    if path and '://' not in str(path) and not osp.isfile(path):
-        what = '--resume' if args.resume not in (None, 'auto') else 'load_from'
-        raise FileNotFoundError(f'{what} checkpoint {path} does not exist; give the path of '
-                                f'a checkpoint file (or --resume alone for the latest one in '
-                                f'{cfg.work_dir}).')
-
-    from convnext_dense.engine import CheckpointFitsModelHook
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    runner.register_hook(CheckpointFitsModelHook(skip_mismatched=args.skip_mismatched))
+    resolve_resume(cfg, args.resume)
+    explicit = args.resume not in (None, 'auto')
+    require_checkpoint(cfg.get('load_from'), '--resume checkpoint' if explicit else
+                       'load_from checkpoint', f'give the path of a checkpoint file (or '
+                       f'--resume alone for the latest one in {cfg.work_dir})')
+    runner = build_runner(cfg, splits=('train', 'val'), skip_mismatched=args.skip_mismatched)
     runner.train()
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -53,7 +53,7 @@ model = dict(
 dataset_type = 'CocoDataset'
 data_root = 'data/toy_coco/'
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomChoiceResize', scales=[(192, 144), (224, 168), (256, 192)],
@@ -61,7 +61,7 @@ train_pipeline = [
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(type='Resize', scale=(256, 192), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',
@@ -117,6 +117,6 @@ optim_wrapper = dict(
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', interval=2, max_keep_ckpts=2))
+    checkpoint=dict(type='convnext_dense.AtomicCheckpointHook', interval=2, max_keep_ckpts=2))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

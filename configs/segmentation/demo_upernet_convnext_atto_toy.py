@@ -1,19 +1,24 @@
 # Demo: UperNet + ConvNeXt V2-atto (3.4M-parameter backbone, trained from scratch) on the toy
-# ADE20K-format shapes set (5 classes + background; `make demo-seg` writes it with
-#   python -m convnext_dense.datasets.toy ade data/toy_ade --seed 0   (200 train / 50 val)).
+# ADE20K-format shapes set (`make demo-seg` writes it with
+#   python -m convnext_dense.datasets.toy ade data/toy_ade --seed 0   (200 train / 50 val):
+# up to 3 large shapes per 256x192 scene, each in its class colour, on a muted textured
+# background). Unlike ADE20K, whose label 0 ("other") is ignored, the background is a class
+# here (reduce_zero_label=False), so that the drawn predictions show what the model sees
+# everywhere: 6 classes, background + the 5 shapes.
 # The same recipe pieces as the ADE20K configs (SyncBN heads, AdamW with the stage-wise lr-decay
-# constructor, linear warm-up + poly, reduce_zero_label), scaled down.
-# Measured (2-core CPU shared with other jobs, OMP_NUM_THREADS=1): 1000 iterations in 12.7 min
-# including the final validation; val mIoU 9.2 untrained (same seed) -> 15.7 trained
-# (mAcc 20.2 -> 27.2; 15.8 with --tta), while the training images reach 75.2 mIoU: from scratch
-# the network learns these 200 scenes far faster than shape in general (see README).
+# constructor, linear warm-up + poly), scaled down.
+# Measured (`make demo-seg`, 2-core AMD EPYC (Zen 4) shared with other jobs, OMP_NUM_THREADS=1):
+# 1000 iterations in 6-9 minutes including data and evaluation; val mIoU 1.4 untrained (same
+# seed) -> 88.7 trained (aAcc 98.1), 91.8 on the 200 training scenes: learned, not memorised.
 _base_ = [
     './_base_/models/upernet_convnext.py', './_base_/default_runtime.py',
     './_base_/schedules/schedule_160k.py'
 ]
 data_root = 'data/toy_ade'
-classes = ('circle', 'square', 'triangle', 'star', 'cross')  # convnext_dense.datasets.toy
-palette = [(220, 20, 60), (0, 130, 230), (250, 170, 30), (0, 170, 80), (160, 60, 200)]
+# label k of the toy PNGs: 0 background, k = convnext_dense.datasets.toy.CLASSES[k - 1]
+classes = ('background', 'circle', 'square', 'triangle', 'star', 'cross')
+palette = [(0, 0, 0), (220, 20, 60), (0, 130, 230), (250, 170, 30), (0, 170, 80),
+           (160, 60, 200)]
 max_iters = 1000
 # The network sees the 256x192 toy images at half resolution (4x less compute); metrics are
 # computed on the full-resolution labels (mmseg resizes the predictions back).
@@ -23,8 +28,8 @@ crop_size = (96, 128)  # (h, w)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(arch='v2-atto', drop_path_rate=0.0, layer_scale_init_value=0.0),
-    decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=5),
-    auxiliary_head=dict(in_channels=160, channels=32, num_classes=5),
+    decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=len(classes)),
+    auxiliary_head=dict(in_channels=160, channels=32, num_classes=len(classes)),
     test_cfg=dict(mode='whole'))
 
 dataset_type = 'BaseSegDataset'
@@ -34,7 +39,7 @@ toy_dataset = dict(
     metainfo=dict(classes=classes, palette=palette),
     img_suffix='.jpg',
     seg_map_suffix='.png',
-    reduce_zero_label=True)  # 0 = background -> 255 (ignored), shapes -> 0..4
+    reduce_zero_label=False)  # 0 = background, shapes 1..5: every pixel is scored
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -94,5 +99,5 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=500, max_keep_ckpts=2))
+    checkpoint=dict(type='convnext_dense.AtomicCheckpointHook', interval=500, max_keep_ckpts=2))
 randomness = dict(seed=0)

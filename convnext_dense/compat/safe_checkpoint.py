@@ -5,10 +5,10 @@ without ``weights_only``, whose default became True in torch 2.6, so every check
 mmengine's Runner writes fails to load (its MessageHub state holds ``HistoryBuffer`` objects,
 NumPy arrays, dtypes and scalars, and ``getattr(HistoryBuffer, 'min')``-style references).
 Its URL schemes (``http(s)://``, ``torchvision://``, ``open-mmlab://``, ``mmcls://``) go
-through ``torch.hub`` with full pickle. :func:`apply` registers :func:`load_from_weights_only` for
-all of them (mmengine logs it as the
-``weights_only`` backend) with mmengine's own extension point, ``CheckpointLoader.register_scheme``; it
-does nothing on a torch whose ``torch.load`` still unpickles everything by default (< 2.6).
+through ``torch.hub`` with full pickle. :func:`apply` registers :func:`load_from_weights_only`
+for all of them (mmengine logs it as the ``weights_only`` backend) with mmengine's own
+extension point, ``CheckpointLoader.register_scheme``; it does nothing on a torch whose
+``torch.load`` still unpickles everything by default (< 2.6).
 
 Safe by construction:
 
@@ -22,8 +22,8 @@ Safe by construction:
   bytes, the fixed set of HistoryBuffer fields and statistics) and builds the real objects.
 - Before unpickling, the declared tensor sizes are compared with the bytes in the file
   (:func:`_check_declared_sizes`), so an absurd size is refused before memory is allocated.
-- A URL is downloaded to torch's hub cache (temporary file, then rename, hash prefix checked
-  where the file name carries one) and then loaded by the same function.
+- A URL is downloaded once into torch's hub cache (temporary file, then rename; its SHA-256
+  checked against a given prefix or the one in the file name) and loaded like a local file.
 
 A file with anything else raises :class:`UnsafeCheckpointError`, which names the global or
 the reason. A user who trusts a file sets ``CONVNEXT_DENSE_TRUST_CHECKPOINTS=1`` (read at each

@@ -1,36 +1,41 @@
-"""Clear errors for bad dataset input, raised when the dataset is built, not deep in training.
+"""Clear errors for bad dataset input, raised before training starts, not deep inside it.
 
-Applied once by ``import convnext_dense`` (:func:`apply`), for every mmengine ``BaseDataset``
-(mmdet's ``CocoDataset``, mmseg's ``BaseSegDataset`` / ``ADE20KDataset``, ...):
+Nothing here changes mmengine's, mmdet's or mmseg's classes; the checks run where they are
+selected:
+
+- :func:`check_dataset_config`, which tools/train.py and tools/test.py run on the config's
+  datasets before training or testing (any ``BaseDataset``: mmdet's ``CocoDataset``, mmseg's
+  ``BaseSegDataset`` / ``ADE20KDataset``, ..., also inside dataset wrappers);
+- ``custom_hooks=[dict(type='convnext_dense.DatasetCheckHook')]`` from any config, which checks
+  the datasets the Runner built (the checks that need no re-reading of the annotations).
+
+What they report:
 
 - a ``data_root`` or ``ann_file`` that does not exist: ``FileNotFoundError`` naming it;
-- an annotation file that is empty, not JSON, or lacks a required key: ``ValueError`` naming
-  the file and the position / key;
+- an annotation file that is empty, not JSON, or lacks a required key: :class:`DatasetError`
+  naming the file and the position / key;
 - annotations that name images (or segmentation maps) that are not on disk:
   ``FileNotFoundError`` naming the annotation file, how many are missing and the first one;
 - a dataset with no samples (nothing listed, or everything removed by ``filter_cfg``):
-  ``ValueError`` naming the dataset and its ``filter_cfg``.
+  :class:`DatasetError` naming the dataset and its ``filter_cfg``.
 
 An image without annotations is not an error: it is kept or dropped as the config's
 ``filter_cfg`` (``filter_empty_gt``) says.
 
-mmcv's ``LoadImageFromFile`` (used by the mmdet and mmseg pipelines) raises
-:class:`CorruptImageError` naming the image when it cannot be decoded or is truncated (OpenCV
-decodes a truncated JPEG without complaint, with the missing part grey). To skip such images
-while training instead, with a warning and a count, use
-``dict(type='convnext_dense.LoadImageFromFileChecked', skip_bad_images=True)`` in place of
-``LoadImageFromFile`` in the train pipeline (mmengine's dataset then draws another sample; in
-test mode it cannot, so bad images stay an error there).
+Images are checked while they are loaded, by the transform
+``dict(type='convnext_dense.LoadImageFromFileChecked')`` used in place of mmcv's
+``LoadImageFromFile`` (:mod:`convnext_dense.datasets.transforms`): it raises
+:class:`CorruptImageError` naming an image that cannot be decoded or is truncated (OpenCV decodes
+a truncated JPEG without complaint, with the missing part grey), or skips such images while
+training with ``skip_bad_images=True``.
 """
-import functools
 import io
 import json
 import os.path as osp
-from typing import Optional
+from typing import List, Optional
 
-__all__ = ['CorruptImageError', 'DatasetError', 'apply', 'image_problem', 'read_image']
-
-_MARK = '_convnext_dense_checked'
+__all__ = ['CorruptImageError', 'DatasetError', 'build_checked_dataset', 'check_built_dataset',
+           'check_dataset_config', 'full_init_checked', 'image_problem', 'read_image']
 
 
 class DatasetError(ValueError):
@@ -106,77 +111,92 @@ def _check_data_list(dataset, data_list) -> None:
                 f'data_prefix in the config, or regenerate the annotations.')
 
 
-def _checked_full_init(full_init):
-    if getattr(full_init, _MARK, False):
-        return full_init
+def full_init_checked(dataset):
+    """``dataset.full_init()`` with the checks of this module, for this instance only (its
+    ``load_data_list`` / ``filter_data`` are wrapped while it runs); returns ``dataset``."""
+    if getattr(dataset, '_fully_initialized', False):
+        check_built_dataset(dataset)
+        return dataset
+    _check_paths_exist(dataset)
+    load, filter_data = dataset.load_data_list, dataset.filter_data
 
-    @functools.wraps(full_init)
-    def wrapper(self):
-        if getattr(self, '_fully_initialized', False) or self.__dict__.get(_MARK):
-            return full_init(self)  # already done, or an inner super().full_init()
-        _check_paths_exist(self)
-        load = self.load_data_list
-
-        def checked_load():
-            try:
-                data_list = load()
-            except Exception as error:
-                clear = _explain_load_error(self, error)
-                if clear is None:
-                    raise
-                raise clear from error
-            _check_data_list(self, data_list)
-            return data_list
-
-        filter_data = self.filter_data
-
-        def checked_filter():
-            data_list = filter_data()
-            filter_cfg = getattr(self, 'filter_cfg', None)
-            if not data_list and filter_cfg:  # before mmengine fails serialising nothing
-                raise DatasetError(
-                    f'{_name(self)}: no sample of {getattr(self, "ann_file", "")} is left '
-                    f'after filter_cfg={filter_cfg} (e.g. every image lacks annotations). '
-                    f'Check the annotations, or relax filter_cfg.')
-            return data_list
-
-        self.__dict__[_MARK] = True
-        self.load_data_list, self.filter_data = checked_load, checked_filter
+    def checked_load():
         try:
-            full_init(self)
-        finally:
-            for name in ('load_data_list', 'filter_data', _MARK):
-                self.__dict__.pop(name, None)
+            data_list = load()
+        except Exception as error:
+            clear = _explain_load_error(dataset, error)
+            if clear is None:
+                raise
+            raise clear from error
+        _check_data_list(dataset, data_list)
+        return data_list
 
-    setattr(wrapper, _MARK, True)
-    return wrapper
+    def checked_filter():
+        data_list = filter_data()
+        filter_cfg = getattr(dataset, 'filter_cfg', None)
+        if not data_list and filter_cfg:  # before mmengine fails serialising nothing
+            raise DatasetError(
+                f'{_name(dataset)}: no sample of {getattr(dataset, "ann_file", "")} is left '
+                f'after filter_cfg={filter_cfg} (e.g. every image lacks annotations). '
+                f'Check the annotations, or relax filter_cfg.')
+        return data_list
+
+    dataset.load_data_list, dataset.filter_data = checked_load, checked_filter
+    try:
+        dataset.full_init()
+    finally:
+        for name in ('load_data_list', 'filter_data'):
+            dataset.__dict__.pop(name, None)
+    return dataset
 
 
-def _wrap_class(cls) -> None:
-    if 'full_init' in cls.__dict__:
-        cls.full_init = _checked_full_init(cls.__dict__['full_init'])
-
-
-def _patch_datasets() -> None:
+def _is_base_dataset(cls) -> bool:
     from mmengine.dataset import BaseDataset
+    return isinstance(cls, type) and issubclass(cls, BaseDataset)
 
-    def subclasses(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
 
-    for cls in [BaseDataset, *subclasses(BaseDataset)]:  # classes defined already ...
-        _wrap_class(cls)
-    parent_hook = BaseDataset.__dict__.get('__init_subclass__')
+def build_checked_dataset(cfg: dict):
+    """Build one dataset config (a ``BaseDataset``; the registry of the current default scope)
+    and initialise it with the checks (:func:`full_init_checked`)."""
+    from mmengine.registry import DATASETS
+    cfg = dict(cfg)
+    cls = cfg['type']
+    if isinstance(cls, str):  # looked up as DATASETS.build does
+        with DATASETS.switch_scope_and_registry(cfg.get('_scope_')) as registry:
+            cls = registry.get(cls)
+    if not _is_base_dataset(cls):
+        return DATASETS.build(cfg)
+    return full_init_checked(DATASETS.build(dict(cfg, lazy_init=True)))
 
-    def __init_subclass__(cls, **kwargs):  # ... and the ones defined from now on
-        if parent_hook is not None:
-            parent_hook.__func__(cls, **kwargs)
-        else:
-            super(BaseDataset, cls).__init_subclass__(**kwargs)
-        _wrap_class(cls)
 
-    BaseDataset.__init_subclass__ = classmethod(__init_subclass__)
+def _leaf_configs(cfg: dict) -> List[dict]:
+    """The datasets inside wrappers (``dataset=`` of Repeat / ClassBalanced / MultiImageMix,
+    ``datasets=`` of Concat), or ``cfg`` itself."""
+    if isinstance(cfg.get('dataset'), dict):
+        return _leaf_configs(cfg['dataset'])
+    if isinstance(cfg.get('datasets'), (list, tuple)):
+        return [leaf for sub in cfg['datasets'] for leaf in _leaf_configs(sub)]
+    return [cfg]
+
+
+def check_dataset_config(cfg: dict) -> None:
+    """Build every dataset of a (possibly wrapped) dataset config with the checks, then drop
+    them. What tools/train.py and tools/test.py run before the Runner builds the data loaders
+    (it costs one more reading of the annotations: seconds for COCO)."""
+    for leaf in _leaf_configs(cfg):
+        build_checked_dataset(leaf)
+
+
+def check_built_dataset(dataset) -> None:
+    """The checks that apply to a dataset already built (no samples; listed images or maps
+    missing on disk), through dataset wrappers. Used by ``DatasetCheckHook``."""
+    if hasattr(dataset, 'datasets'):  # ConcatDataset
+        for sub in dataset.datasets:
+            check_built_dataset(sub)
+    elif hasattr(dataset, 'dataset'):  # RepeatDataset, ClassBalancedDataset, ...
+        check_built_dataset(dataset.dataset)
+    elif _is_base_dataset(type(dataset)):
+        _check_data_list(dataset, [dataset.get_data_info(i) for i in range(len(dataset))])
 
 
 # ----------------------------------------------------------------------------- images
@@ -223,51 +243,7 @@ def read_image(data: bytes, filename: str, **decode_kwargs):
     if problem is not None:
         raise CorruptImageError(
             f'Image {filename} is corrupt: {problem}. Replace or remove it (and its '
-            f'annotations); or, for training, skip such images with dict(type='
-            f"'convnext_dense.LoadImageFromFileChecked', skip_bad_images=True) in place of "
-            f'LoadImageFromFile in the train pipeline.') from error
+            f'annotations); or, for training, skip such images with skip_bad_images=True: '
+            f"dict(type='convnext_dense.LoadImageFromFileChecked', skip_bad_images=True) in "
+            f'the train pipeline.') from error
     return image
-
-
-def _checked_load_image(self, results: dict) -> Optional[dict]:
-    """mmcv ``LoadImageFromFile.transform`` with errors that name the image."""
-    import mmengine.fileio as fileio
-    import numpy as np
-    filename = results['img_path']
-    try:
-        if self.file_client_args is not None:
-            client = fileio.FileClient.infer_client(self.file_client_args, filename)
-            data = client.get(filename)
-        else:
-            data = fileio.get(filename, backend_args=self.backend_args)
-        image = read_image(data, filename, flag=self.color_type,
-                           backend=self.imdecode_backend)
-    except FileNotFoundError as error:
-        if self.ignore_empty:
-            return None
-        raise FileNotFoundError(f'Image {filename} does not exist (it is listed by the '
-                                f'dataset). Check data_root / data_prefix.') from error
-    except Exception:
-        if self.ignore_empty:
-            return None
-        raise
-    if self.to_float32:
-        image = image.astype(np.float32)
-    results['img'] = image
-    results['img_shape'] = image.shape[:2]
-    results['ori_shape'] = image.shape[:2]
-    return results
-
-
-def _patch_image_loading() -> None:
-    from mmcv.transforms import LoadImageFromFile
-    if not getattr(LoadImageFromFile.transform, _MARK, False):
-        setattr(_checked_load_image, _MARK, True)
-        LoadImageFromFile.transform = _checked_load_image
-
-
-@functools.lru_cache(maxsize=None)
-def apply() -> None:
-    """Install the checks (idempotent)."""
-    _patch_datasets()
-    _patch_image_loading()

@@ -17,15 +17,20 @@ One scene generator, two on-disk formats:
       OUT/annotations/{training,validation}/000000.png   (uint8; 0 = other/background,
                                                          k = CLASSES[k - 1])
 
-  to be loaded with ``reduce_zero_label=True`` (background becomes 255 = ignored, the shapes
-  become 0..K-1).
+  The segmentation demo scores the background as a class of its own (``reduce_zero_label=False``,
+  classes ``('background',) + CLASSES``); with ``reduce_zero_label=True`` it is ignored instead
+  (255) and the shapes become 0..K-1, as ADE20K's "other".
 
 Scenes are deterministic functions of ``(seed, split, index)`` (NumPy ``SeedSequence``), so
 regenerating gives byte-identical files, the train and val splits never share a scene, and
 asking for more images leaves the first ones unchanged. A scene is a textured background
 (gradient, stripes, checkerboard or smooth noise, in muted colours) with 1..``max_objects``
-shapes of random colour, size, aspect and rotation; shapes overlap, but a placement that would
-hide more than half of an existing shape is retried, so every instance stays mostly visible.
+shapes of random size, aspect and rotation; shapes overlap, but a placement that would hide
+more than half of an existing shape is retried, so every instance stays mostly visible. The two
+formats draw different scenes (:class:`SceneStyle`): the COCO ones up to 6 small to medium
+shapes of any vivid colour, the ADE ones up to 3 large shapes, each painted in a hue of its own
+class (red circles, blue squares, orange triangles, green stars, purple crosses, with varied
+shade and brightness), so that a segmentor learns the classes from a few hundred scenes.
 
 Command line::
 
@@ -37,6 +42,7 @@ import json
 import os
 import os.path as osp
 import sys
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
@@ -46,6 +52,9 @@ CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'star', 'cross')
 # Visualisation colours (RGB) of the classes, for dataset metainfo.
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (220, 20, 60), (0, 130, 230), (250, 170, 30), (0, 170, 80), (160, 60, 200))
+# their hues on OpenCV's 0..180 scale (the ADE scenes paint each class in its own hue)
+_PALETTE_HUES: Tuple[float, ...] = tuple(
+    float(cv2.cvtColor(np.uint8([[c]]), cv2.COLOR_RGB2HSV)[0, 0, 0]) for c in PALETTE)
 SPLITS = {'coco': ('train', 'val'), 'ade': ('training', 'validation')}
 _SPLIT_IDS = {'train': 0, 'val': 1, 'training': 0, 'validation': 1}
 _SUBPIXEL = 4  # cv2.fillPoly shift: vertices at 1/16 pixel
@@ -114,8 +123,41 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
 
 
+@dataclass(frozen=True)
+class SceneStyle:
+    """How :func:`generate_scene` draws its shapes.
+
+    Args:
+        radius: range of a shape's radius, as a fraction of the shorter image side.
+        class_colours: paint every shape in the hue of its class (:data:`PALETTE`, jittered by
+            up to ``hue_jitter`` degrees, saturation and brightness random but clearly above
+            the muted background's), so that colour and outline both say the class, as in a
+            real scene where sky is blue and grass green. Off: any vivid colour, and only the
+            outline tells the class.
+        hue_jitter: see ``class_colours``; degrees of the 0..360 hue circle.
+    """
+    radius: Tuple[float, float] = (0.07, 0.28)
+    class_colours: bool = False
+    hue_jitter: float = 10.0
+
+
+#: The COCO scenes: many small shapes of any colour (an instance-recognition problem).
+COCO_STYLE = SceneStyle()
+#: The ADE scenes: a few large shapes in their class colour (a scene-parsing problem that a
+#: small network trained from scratch for minutes on a CPU can learn, not only memorise).
+ADE_STYLE = SceneStyle(radius=(0.16, 0.34), class_colours=True)
+
+
+def _class_colour(rng: np.random.Generator, label: int, hue_jitter: float) -> np.ndarray:
+    """A vivid RGB colour (float32) near the hue of ``PALETTE[label]``."""
+    hue = _PALETTE_HUES[label] + rng.uniform(-hue_jitter, hue_jitter) / 2  # OpenCV: 0..180
+    hsv = np.array([[[hue % 180, rng.uniform(0.6, 1.0) * 255, rng.uniform(0.55, 1.0) * 255]]],
+                   np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
 def generate_scene(rng: np.random.Generator, width: int, height: int, max_objects: int = 6,
-                   ) -> Tuple[np.ndarray, List[Dict]]:
+                   style: SceneStyle = COCO_STYLE) -> Tuple[np.ndarray, List[Dict]]:
     """Draw one scene.
 
     Returns ``(image, instances)``: ``image`` uint8 (H, W, 3) RGB; ``instances`` a list (back to
@@ -129,7 +171,7 @@ def generate_scene(rng: np.random.Generator, width: int, height: int, max_object
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(10):
             label = int(rng.integers(len(CLASSES)))
-            radius = min_side * rng.uniform(0.07, 0.28)
+            radius = min_side * rng.uniform(*style.radius)
             aspect = rng.uniform(0.75, 1.33) if CLASSES[label] != 'circle' else 1.0
             center = np.array([rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height])
             mask = _fill((height, width), _shape_polygon(
@@ -144,7 +186,8 @@ def generate_scene(rng: np.random.Generator, width: int, height: int, max_object
             continue
         full_masks.append(mask)
         labels.append(label)
-        colors.append(_random_color(rng, (0.5, 1.0), (0.45, 1.0)))
+        colors.append(_class_colour(rng, label, style.hue_jitter) if style.class_colours
+                      else _random_color(rng, (0.5, 1.0), (0.45, 1.0)))
 
     instances = []
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -234,8 +277,13 @@ def write_coco(out_dir: str, seed: int = 0, num_train: int = 200, num_val: int =
 
 
 def write_ade(out_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 50,
-              size: Tuple[int, int] = (256, 192), max_objects: int = 6) -> Dict[str, str]:
-    """Write the ADE20K-format dataset; return ``{split: annotation directory}``."""
+              size: Tuple[int, int] = (256, 192), max_objects: int = 3,
+              style: SceneStyle = ADE_STYLE) -> Dict[str, str]:
+    """Write the ADE20K-format dataset; return ``{split: annotation directory}``.
+
+    By default its scenes are drawn in :data:`ADE_STYLE` (a few large shapes in their class
+    colours); ``style=COCO_STYLE, max_objects=6`` gives the scenes :func:`write_coco` draws.
+    """
     width, height = size
     dirs = {}
     for split, num in zip(SPLITS['ade'], (num_train, num_val)):
@@ -246,7 +294,7 @@ def write_ade(out_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 
         os.makedirs(ann_dir, exist_ok=True)
         for index in range(num):
             image, instances = generate_scene(scene_rng(seed, split, index), width, height,
-                                              max_objects)
+                                              max_objects, style)
             _write_jpg(osp.join(img_dir, f'{index:06d}.jpg'), image)
             if not cv2.imwrite(osp.join(ann_dir, f'{index:06d}.png'),
                                semantic_map(instances, height, width)):
@@ -266,8 +314,11 @@ def main(argv=None) -> None:
     parser.add_argument('--num-train', type=int, default=200)
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--size', type=int, nargs=2, default=(256, 192), metavar=('W', 'H'))
-    parser.add_argument('--max-objects', type=int, default=6)
+    parser.add_argument('--max-objects', type=int, default=None,
+                        help='most shapes per scene (default: 6 for coco, 3 for ade)')
     args = parser.parse_args(argv)
+    if args.max_objects is None:
+        args.max_objects = 6 if args.format == 'coco' else 3
     if args.max_objects < 1:
         parser.error(f'--max-objects must be >= 1, got {args.max_objects}')
     try:

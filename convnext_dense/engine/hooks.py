@@ -1,5 +1,6 @@
 """Training hooks: stop on a non-finite loss before anything bad is saved; record versions and
-random states for reproducible resumes; refuse checkpoints that do not fit the model."""
+random states for reproducible resumes; refuse checkpoints that do not fit the model; check the
+datasets the Runner built. (The atomic checkpoint hook is in :mod:`.checkpointing`.)"""
 import functools
 import glob
 import json
@@ -185,7 +186,7 @@ class ReproducibilityHook(Hook):
             load_from=cfg.get('load_from'),
             resume=bool(cfg.get('resume')),
             timestamp=runner.timestamp)
-        from ..compat import write_atomically
+        from .checkpointing import write_atomically
         write_atomically(json.dumps(info, indent=2, default=str),
                          osp.join(runner.log_dir, 'run_info.json'))
         leftovers = sorted(glob.glob(osp.join(glob.escape(runner.work_dir), '.*.pth*.tmp')))
@@ -299,8 +300,41 @@ class CheckpointFitsModelHook(Hook):
         resume = bool(getattr(runner, '_resume', False))
         filename = getattr(runner, '_load_from', None)
         if filename is None and resume:  # --resume without a path: the newest in the work dir
-            from ..compat import find_latest_checkpoint
+            from .checkpointing import find_latest_checkpoint
             filename = find_latest_checkpoint(runner.work_dir)
         check_checkpoint_fits(runner.model, checkpoint, filename,
                               skip_mismatched=self.skip_mismatched and not resume,
                               require_all=self.require_all or resume)
+
+
+# ----------------------------------------------------------------------------- datasets
+@HOOKS.register_module()
+class DatasetCheckHook(Hook):
+    """Stop with a clear error, before the first iteration, when a dataset the Runner built has
+    no samples or lists images / segmentation maps that are not on disk (naming the dataset,
+    how many are missing and the first one). Each split is checked once.
+
+    ``custom_hooks=[dict(type='convnext_dense.DatasetCheckHook')]`` works in any mmengine
+    config; tools/train.py and tools/test.py run the fuller
+    :func:`convnext_dense.datasets.check_dataset_config` themselves.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self) -> None:
+        self._checked = set()
+
+    def _check(self, runner, split: str) -> None:
+        if split not in self._checked:
+            from ..datasets.checks import check_built_dataset
+            check_built_dataset(getattr(runner, f'{split}_dataloader').dataset)
+            self._checked.add(split)
+
+    def before_train(self, runner) -> None:
+        self._check(runner, 'train')
+
+    def before_val(self, runner) -> None:
+        self._check(runner, 'val')
+
+    def before_test(self, runner) -> None:
+        self._check(runner, 'test')

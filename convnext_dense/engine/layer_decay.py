@@ -1,6 +1,6 @@
 """Layer-wise learning-rate decay for ConvNeXt backbones in detectors and segmentors.
 
-The rule is the one of the ConvNeXt paper's dense-prediction code (see ``DESIGN.md``, "Layer-wise
+The rule is the one of the ConvNeXt paper's dense-prediction code (README.md, "Layer-wise
 learning-rate decay"). With ``N = num_layers`` and ``L = N + 2``, a parameter with layer id ``k``
 gets the learning rate ``lr * decay_rate ** (L - k - 1)``::
 

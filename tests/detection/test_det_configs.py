@@ -12,7 +12,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(REPO, 'configs', 'detection')
 CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, '*.py')))
 
-# config: (arch, drop_path, lr, decay_rate, num_layers, AMP, params in M (DESIGN.md), epochs,
+# config: (arch, drop_path, lr, decay_rate, num_layers, AMP, params in M (paper table), epochs,
 #          lr steps)
 RECIPES = {
     'cascade_convnext_t_coco.py': ('tiny', 0.4, 2e-4, 0.7, 6, True, 85.93, 36, [27, 33]),
@@ -99,7 +99,8 @@ def test_recipe_settings(name):
 
     # flip + RandomChoice(multi-scale resize | resize 400/500/600, crop 384..600, resize)
     pipeline = cfg.train_dataloader.dataset.pipeline
-    assert [t.type for t in pipeline] == ['LoadImageFromFile', 'LoadAnnotations', 'RandomFlip',
+    assert [t.type for t in pipeline] == ['convnext_dense.LoadImageFromFileChecked',
+                                          'LoadAnnotations', 'RandomFlip',
                                           'RandomChoice', 'PackDetInputs']
     multi, crop = pipeline[3].transforms
     short_sides = list(range(480, 801, 32))

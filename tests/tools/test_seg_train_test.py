@@ -7,7 +7,7 @@ import re
 import pytest
 
 from helpers import SEG_DEMO as DEMO
-from helpers import run_tool, toy_dataset
+from helpers import metric, run_tool, toy_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_test_reports_metrics_overlays_and_label_maps(trained, toy):
                       '--show-dir', str(show), '--out', str(out), *small(toy, 4), cwd=work)
     for name in ('aAcc', 'mIoU', 'mAcc'):
         assert re.search(rf'{name}: \d+\.\d+', output), name
-    for name in ('circle', 'square', 'triangle', 'star', 'cross'):  # the per-class table
+    for name in ('background', 'circle', 'square', 'triangle', 'star', 'cross'):  # per class
         assert re.search(rf'\|\s*{name}\s*\|', output), name
     assert len(glob.glob(str(show / '*.png'))) == 3
     assert len(glob.glob(str(out / '*.png'))) == 3
@@ -76,3 +76,39 @@ def test_tta_runs(trained, toy):
     output = run_tool('test.py', DEMO, str(work / 'iter_4.pth'), '--work-dir', str(work),
                       '--tta', *small(toy, 4), cwd=work)
     assert re.search(r'mIoU: \d+\.\d+', output)
+
+
+# ----------------------------------------------------------------------------- learning
+LEARN_ITERS = 200
+# The demo config, shortened: 200 iterations of 4 images at 4x the demo's lr (2e-3), with a
+# 10-iteration warm-up.
+LEARN_CONFIG = f"""
+_base_ = {DEMO!r}
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False)
+val_dataloader = dict(num_workers=0, persistent_workers=False)
+test_dataloader = val_dataloader
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end={LEARN_ITERS}),
+]
+train_cfg = dict(max_iters={LEARN_ITERS}, val_interval={LEARN_ITERS})
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval={LEARN_ITERS}))
+"""
+# Val mIoU of that run on the 8 unseen scenes below (seed 0, one thread, AMD EPYC with AVX-512,
+# about 45 s): 56.05 (aAcc 95.6). The same run with lr=0 (the untrained network, same seed):
+# 3.36 (aAcc 10.9). Predicting "background" everywhere would score about 15 (background IoU
+# ~90, the 5 shapes 0, over 6 classes), so the bound also asks for shapes found, and leaves the
+# trained run a factor 2 of room for other CPUs' rounding.
+MIN_LEARNED_MIOU = 25.0
+
+
+def test_training_learns_to_segment_unseen_scenes(tmp_path_factory):
+    toy = toy_dataset(tmp_path_factory, 'ade', num_train=16, num_val=8, size=(128, 96))
+    work = tmp_path_factory.mktemp('learn')
+    config = work / 'learn.py'
+    config.write_text(LEARN_CONFIG)
+    output = run_tool('train.py', str(config), '--work-dir', str(work), '--cfg-options',
+                      f'data_root={toy}', cwd=work)
+    assert train_iters(output)[-1] == LEARN_ITERS
+    assert metric(output, 'mIoU') > MIN_LEARNED_MIOU, output[-3000:]

@@ -86,3 +86,26 @@ def test_show_dir_draws_every_image_into_the_directory(tmp_path):
     hook = cfg.default_hooks.visualization
     assert hook.draw and hook.interval == 1
     assert cfg.visualizer.vis_backends[0].img_save_dir == str(tmp_path / 'vis')
+
+
+def test_resume_without_a_path_takes_the_newest_complete_checkpoint(tmp_path):
+    import torch
+    cfg = _common.load_config(train_tool.parse_args([DEMO, '--work-dir', str(tmp_path)]))
+    with pytest.warns(UserWarning, match='no checkpoint'):
+        train_tool.resolve_resume(cfg, 'auto')
+    assert cfg.resume is False and cfg.load_from is None
+    for step in (2, 4):
+        torch.save({}, tmp_path / f'iter_{step}.pth')
+    (tmp_path / 'last_checkpoint').write_text('')  # killed while mmengine wrote it
+    train_tool.resolve_resume(cfg, 'auto')
+    assert cfg.resume is True and cfg.load_from == str(tmp_path / 'iter_4.pth')
+    train_tool.resolve_resume(cfg, 'x.pth')
+    assert cfg.resume is True and cfg.load_from == 'x.pth'
+
+
+def test_tools_select_atomic_checkpoints_for_a_stock_checkpoint_hook():
+    cfg = _common.load_config(train_tool.parse_args([T_CONFIG]))
+    cfg.default_hooks.checkpoint.type = 'CheckpointHook'  # as in a user's config
+    _common.select_components(cfg)
+    assert cfg.default_hooks.checkpoint.type == 'convnext_dense.AtomicCheckpointHook'
+    assert cfg.default_hooks.checkpoint.interval == 16000

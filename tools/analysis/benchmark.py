@@ -1,7 +1,8 @@
 """Speed and memory of our ConvNeXt against timm's, measured side by side in one run.
 
-    python tools/analysis/benchmark.py                # full run (about 10-15 minutes on 2 cores)
-    python tools/analysis/benchmark.py --quick        # small shapes, seconds (used by the tests)
+    python tools/analysis/benchmark.py                 # CPU, full run (10-15 minutes, 2 cores)
+    python tools/analysis/benchmark.py --quick         # CPU, small shapes (used by the tests)
+    python tools/analysis/benchmark.py --device cuda [--quick]   # GPU backbone figures
 
 Prints a table and one JSON line per figure (``{"figure": ..., "value": ..., "unit": ...}``).
 Every time is the median of ``--repeats`` runs after warm-up, contestants called round-robin;
@@ -9,25 +10,173 @@ every ratio compares figures measured in this same process. The fast-path figure
 because the fast path tunes the process's allocator for good. FLOP/s count a multiply-add as 2
 FLOPs, as the matmul peaks do; a "headroom" figure is the fp32 matmul peak over what our eager
 path achieves: the most any fp32 implementation could gain on it.
+
+Every run first prints the machine: CPU model, whether bf16 runs natively (oneDNN's check and
+the avx512_bf16 / amx_bf16 flags), the load average before and after (a WARNING when the
+1-minute load exceeded half the cores at either point: the figures then measure the other
+processes too), and on ``--device cuda`` the GPU, torch, CUDA and cuDNN versions.
+
+On ``--device cuda`` (cudnn.benchmark on, ``torch.cuda.synchronize`` closing every timed call):
+our ConvNeXt-T against timm's ``convnext_tiny`` on the same weights, in eager fp32, in bf16
+autocast, compiled (our ``enable_fast_inference`` against ``torch.compile`` of timm's
+``forward_features`` under bf16 autocast), and a bf16-autocast training step (forward +
+backward) with the peak memory each step adds (``torch.cuda.max_memory_allocated``).
+The full-recipe training iterations are tools/analysis/benchmark_recipe.py's.
 """
 import argparse
 import copy
+import datetime
 import json
+import os
 import os.path as osp
+import platform
 import statistics
+import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+try:
+    import convnext_dense  # noqa: F401
+except ModuleNotFoundError as error:  # not installed: a plain checkout, the package above us
+    if error.name != 'convnext_dense':
+        raise
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from convnext_dense.fast import (autocast_dtype, bf16_supported,  # noqa: E402
                                  enable_fast_inference)
 from convnext_dense.models import ConvNeXt, convert_checkpoint  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DETECTOR_CONFIG = osp.join(ROOT, 'configs/detection/cascade_convnext_t_coco.py')
+
+
+# ----------------------------------------------------------------------------- the machine
+BUSY_FRACTION = 0.5  # a 1-minute load average above this fraction of the cores: busy machine
+ISA_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16')
+
+
+def _cpuinfo_field(text: str, field: str) -> Optional[str]:
+    for line in text.splitlines():
+        name, _, value = line.partition(':')
+        if name.strip() == field:
+            return value.strip()
+    return None
+
+
+def cpu_description(cpuinfo: Optional[str] = None, lscpu: Optional[str] = None) -> dict:
+    """The CPU model and the ISA flags that decide the fast paths, from /proc/cpuinfo (or
+    ``lscpu`` where that file is missing). ``cpuinfo`` / ``lscpu`` give the texts (tests)."""
+    if cpuinfo is None:
+        try:
+            with open('/proc/cpuinfo') as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ''
+    model = _cpuinfo_field(cpuinfo, 'model name')
+    flags = _cpuinfo_field(cpuinfo, 'flags')
+    if model is None or flags is None:
+        if lscpu is None:
+            try:
+                lscpu = subprocess.run(['lscpu'], capture_output=True, text=True,
+                                       timeout=10).stdout
+            except (OSError, subprocess.SubprocessError):
+                lscpu = ''
+        model = model or _cpuinfo_field(lscpu, 'Model name')
+        flags = flags or _cpuinfo_field(lscpu, 'Flags')
+    flags = set((flags or '').split())
+    return dict(model=model or platform.processor() or platform.machine(),
+                cores=os.cpu_count() or 1,
+                isa={flag: flag in flags for flag in ISA_FLAGS})
+
+
+def load_average() -> Optional[Sequence[float]]:
+    """``os.getloadavg()`` (1, 5, 15 minutes), or None where the system has none."""
+    try:
+        return tuple(os.getloadavg())
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_warning(load: Optional[Sequence[float]], cores: int, when: str,
+                 fraction: float = BUSY_FRACTION) -> Optional[str]:
+    """A WARNING line when the 1-minute load average ``load[0]`` exceeded ``fraction`` x
+    ``cores`` (other processes were running: timings measure them too), else None."""
+    if load is None or load[0] <= fraction * cores:
+        return None
+    return (f'WARNING: the machine was busy {when} the run: 1-minute load average '
+            f'{load[0]:.2f} on {cores} cores (above {fraction:g} x cores). Other processes '
+            f'compete for the CPU; these timings are not those of an idle machine.')
+
+
+class LoadWatch:
+    """The load average at the start and at the end of a run, with the warnings they give."""
+
+    def __init__(self, cores: Optional[int] = None, getloadavg=load_average):
+        self.cores = cores or os.cpu_count() or 1
+        self._getloadavg = getloadavg
+        self.before = self._getloadavg()
+        self.after = None
+
+    def stop(self) -> List[str]:
+        self.after = self._getloadavg()
+        return self.warnings()
+
+    def warnings(self) -> List[str]:
+        found = [busy_warning(self.before, self.cores, 'at the start of'),
+                 busy_warning(self.after, self.cores, 'at the end of')]
+        return [w for w in found if w]
+
+
+def machine_description(device: str = 'cpu') -> dict:
+    """What a figure depends on: CPU, native bf16, threads, torch, and the GPU if used."""
+    info = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
+                host=platform.node(), python=platform.python_version(),
+                torch=torch.__version__, threads=torch.get_num_threads(),
+                cpu=cpu_description(), cpu_bf16_native=bf16_supported('cpu'))
+    if device == 'cuda':
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=torch.cuda.get_device_name(0),
+                    gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    gpu_bf16_native=bf16_supported('cuda'),
+                    float32_matmul_precision=torch.get_float32_matmul_precision(),
+                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+    return info
+
+
+def print_machine(info: dict, watch: LoadWatch) -> None:
+    cpu = info['cpu']
+    isa = ', '.join(f for f, present in cpu['isa'].items() if present) or 'none of ' + \
+        '/'.join(ISA_FLAGS)
+    print(f"# {info['date']} {info['host']}: {cpu['model']}, {cpu['cores']} cores "
+          f"({isa}); native bf16 (oneDNN): {info['cpu_bf16_native']}; torch {info['torch']}, "
+          f"{info['threads']} threads", flush=True)
+    if 'gpu' in info:
+        print(f"# GPU {info['gpu']} ({info['gpu_memory_gib']} GiB), CUDA {info['cuda']}, "
+              f"cuDNN {info['cudnn']}, bf16: {info['gpu_bf16_native']}, fp32 matmul "
+              f"precision {info['float32_matmul_precision']!r}, cuDNN TF32 "
+              f"{info['cudnn_allow_tf32']}", flush=True)
+    print(f'# load average before: {_fmt_load(watch.before)}', flush=True)
+    for warning in watch.warnings():
+        print(warning, flush=True)
+
+
+def _fmt_load(load) -> str:
+    return 'unknown' if load is None else ' '.join(f'{x:.2f}' for x in load)
+
+
+def finish_load_watch(report, watch: LoadWatch) -> List[str]:
+    """Record the load average before / after in ``report`` and print the warnings."""
+    warnings = watch.stop()
+    for when, load in (('before', watch.before), ('after', watch.after)):
+        if load is not None:
+            report.add(f'load_avg_1min_{when}', load[0], f'(on {watch.cores} cores)')
+    print(f'# load average after: {_fmt_load(watch.after)}', flush=True)
+    for warning in warnings:
+        print(warning, flush=True)
+    return warnings
 
 
 class Report:
@@ -47,18 +196,26 @@ class Report:
                          for r in self.rows)
 
 
-def run_times(fns: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, List[float]]:
+def run_times(fns: Dict[str, Callable], warmup: int, repeats: int,
+              budget_s: Optional[float] = None, min_repeats: int = 1,
+              clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
     """Wall times (s) of ``repeats`` calls of each function, called round-robin (A B A B ...)
-    after ``warmup`` rounds, so that drifts of a shared machine hit every contestant alike."""
+    after ``warmup`` rounds, so that drifts of a shared machine hit every contestant alike.
+    With ``budget_s``, the timed rounds stop after the first round that ends more than
+    ``budget_s`` after they began, once ``min_repeats`` rounds are done: every function keeps
+    the same number of times."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    began = clock()
+    for done in range(1, repeats + 1):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
+        if budget_s is not None and done >= min_repeats and clock() - began > budget_s:
+            break
     return times
 
 
@@ -217,22 +374,237 @@ def bench_detector_fast(report, model, data, tag, repeats, t_eager, flops):
     report.add(f'detector_test_step_{tag}_fast_over_eager', t_eager / t_fast, 'x')
 
 
+# ----------------------------------------------------------------------------- CUDA
+# The functions below take ``device``: 'cuda' for the figures, 'cpu' only so that the tests
+# can run their logic (no GPU there); on the CPU, memory comes from the profiler instead.
+def synchronize(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def synced(fn: Callable, device: str = 'cuda') -> Callable:
+    """``fn`` followed by ``torch.cuda.synchronize()``, so that a wall time covers its kernels."""
+    def run():
+        fn()
+        synchronize(device)
+    return run
+
+
+def device_median_seconds(fns: Dict[str, Callable], warmup: int, repeats: int,
+                          device: str = 'cuda') -> Dict[str, float]:
+    """:func:`median_seconds` of the synchronised functions (round-robin, as on the CPU)."""
+    synchronize(device)
+    return median_seconds({name: synced(fn, device) for name, fn in fns.items()}, warmup,
+                          repeats)
+
+
+def step_peak_bytes(fn: Callable, models: Sequence[torch.nn.Module],
+                    device: str = 'cuda') -> float:
+    """The most memory one call of ``fn`` adds to what is allocated before it: on CUDA
+    ``torch.cuda.max_memory_allocated`` after a reset, less ``memory_allocated`` before. The
+    gradients of ``models`` are dropped first, so the figure holds the call's activations,
+    gradients and workspaces and nothing a contestant measured earlier left behind."""
+    for model in models:
+        model.zero_grad(set_to_none=True)
+    if device != 'cuda':
+        return peak_memory_bytes(fn)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - before)
+
+
+def _bf16(fn: Callable, device: str = 'cuda') -> Callable:
+    def run():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return fn()
+    return run
+
+
+def _tag(shape) -> str:
+    return 'x'.join(map(str, shape))
+
+
+def bench_cuda_inference(report, ours, reference, shapes, warmup, repeats, device='cuda'):
+    """Eager fp32 and bf16-autocast inference, ours against timm, per shape."""
+    for shape in shapes:
+        tag = _tag(shape)
+        x = torch.randn(*shape, device=device)
+        flops = count_flops(lambda: ours(x))
+        for precision in ('fp32', 'bf16'):
+            fns = dict(ours=lambda: ours(x), timm=lambda: reference.forward_features(x))
+            if precision == 'bf16':
+                fns = {name: _bf16(fn, device) for name, fn in fns.items()}
+            with torch.no_grad():
+                t = device_median_seconds(fns, warmup, repeats, device)
+            for name in ('ours', 'timm'):
+                report.add(f'{device}_backbone_infer_{tag}_{name}_{precision}',
+                           shape[0] / t[name], 'img/s',
+                           tflops=round(flops / t[name] / 1e12, 2))
+            report.add(f'{device}_backbone_infer_{tag}_ours_over_timm_{precision}',
+                       t['timm'] / t['ours'], 'x')
+        del x
+
+
+def bench_cuda_compiled(report, ours, reference, shapes, warmup, repeats, device='cuda'):
+    """Our fast path (``enable_fast_inference``: channels-last, bf16 autocast on GPUs with bf16,
+    ``torch.compile``) against ``torch.compile`` of timm's ``forward_features`` under bf16
+    autocast, and against our eager fp32 in the same round-robin. The first call of each
+    compiled model (the compilation) is timed on its own."""
+    fast = enable_fast_inference(copy.deepcopy(ours))
+    timm_compiled = torch.compile(copy.deepcopy(reference).forward_features)
+
+    def timm_fast(x):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return timm_compiled(x)
+
+    contestants = dict(ours_fast=fast, timm_compiled_bf16=timm_fast, ours_fp32=ours)
+    for shape in shapes:
+        tag = _tag(shape)
+        x = torch.randn(*shape, device=device)
+        with torch.no_grad():
+            for name in ('ours_fast', 'timm_compiled_bf16'):
+                start = time.perf_counter()
+                synced(lambda: contestants[name](x), device)()
+                report.add(f'{device}_backbone_infer_{tag}_{name}_first_call',
+                           time.perf_counter() - start, 's')
+            deviation = max(((a - b.float()).abs().max() / a.abs().max()).item()
+                            for a, b in zip(ours(x), fast(x)))
+            t = device_median_seconds({name: (lambda fn=fn: fn(x))
+                                       for name, fn in contestants.items()}, warmup, repeats,
+                                      device)
+        for name in contestants:
+            extra = dict(path=str(fast.fast_inference)) if name == 'ours_fast' else {}
+            report.add(f'{device}_backbone_infer_{tag}_{name}', shape[0] / t[name], 'img/s',
+                       **extra)
+        report.add(f'{device}_backbone_infer_{tag}_fast_over_timm_compiled',
+                   t['timm_compiled_bf16'] / t['ours_fast'], 'x')
+        report.add(f'{device}_backbone_infer_{tag}_fast_over_ours_fp32',
+                   t['ours_fp32'] / t['ours_fast'], 'x')
+        report.add(f'{device}_backbone_infer_{tag}_fast_max_rel_deviation', deviation,
+                   '(max |fast - fp32| / max |fp32|)')
+        del x
+
+
+def bench_cuda_training(report, ours, reference, shape, warmup, repeats, precisions,
+                        with_cp=True, device='cuda'):
+    """A training step (zero_grad, forward, mean of every output, backward) per precision
+    ('bf16': autocast, 'fp32'), ours / timm / ours with ``with_cp``: img/s round-robin, then
+    the memory each step adds (:func:`step_peak_bytes`)."""
+    tag = _tag(shape)
+    models = dict(ours=ours, timm=reference)
+    if with_cp:
+        ours_cp = ConvNeXt('tiny', layer_scale_init_value=1.0, with_cp=True).to(device)
+        ours_cp.load_state_dict(ours.state_dict())
+        models['ours_with_cp'] = ours_cp
+    forwards = dict(ours=ours, timm=reference.forward_features,
+                    ours_with_cp=models.get('ours_with_cp'))
+    for model in models.values():
+        model.train()
+    x = torch.randn(*shape, device=device)
+
+    def step(name, precision):
+        model, forward = models[name], forwards[name]
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == 'bf16'):
+                outputs = forward(x)
+            outputs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
+            sum(o.float().mean() for o in outputs).backward()
+        return run
+
+    for precision in precisions:
+        variants = {name: step(name, precision) for name in models}
+        t = device_median_seconds(variants, warmup, repeats, device)
+        memory = {name: step_peak_bytes(run, list(models.values()), device)
+                  for name, run in variants.items()}
+        for name in variants:
+            report.add(f'{device}_backbone_train_{tag}_{name}_{precision}', shape[0] / t[name],
+                       'img/s', step_peak_mib=round(memory[name] / 2 ** 20, 1))
+        report.add(f'{device}_backbone_train_{tag}_ours_over_timm_{precision}',
+                   t['timm'] / t['ours'], 'x')
+        report.add(f'{device}_backbone_train_{tag}_memory_ours_over_timm_{precision}',
+                   memory['ours'] / memory['timm'], 'x')
+        if with_cp:
+            report.add(f'{device}_backbone_train_{tag}_with_cp_memory_ratio_{precision}',
+                       memory['ours_with_cp'] / memory['ours'], 'x')
+    for model in models.values():
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def main_cuda(args, report: Report, device: str = 'cuda', shapes=None,
+              train_shape=(2, 3, 800, 1216)) -> Report:
+    """The GPU backbone figures (module docstring). ``device``, ``shapes`` and
+    ``train_shape`` are for the tests (small shapes on the CPU)."""
+    if device == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    quick = args.quick
+    repeats = args.repeats or (10 if quick else 30)
+    warmup = args.warmup if args.warmup is not None else (3 if quick else 10)
+    ours, reference = paired_backbones()
+    ours, reference = ours.to(device).eval(), reference.to(device).eval()
+    if shapes is None:
+        shapes = [(2, 3, 800, 1216)] if quick else [(2, 3, 800, 1216), (32, 3, 512, 512)]
+    bench_cuda_inference(report, ours, reference, shapes, warmup, repeats, device)
+    bench_cuda_training(report, ours, reference, train_shape, warmup, repeats,
+                        ('bf16',) if quick else ('bf16', 'fp32'), device=device)
+    if not args.no_fast:
+        # last: compiling leaves caches and compiled kernels behind
+        bench_cuda_compiled(report, ours, reference, shapes[:1] if quick else shapes,
+                            warmup, repeats, device)
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help='small shapes, for smoke tests')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
+                        help='cpu: the CPU figures (matmul peaks, backbone, detector); cuda: '
+                        'the GPU backbone figures against timm')
+    parser.add_argument('--quick', action='store_true',
+                        help='cpu: small shapes, for smoke tests; cuda: one shape, fewer '
+                        'repeats (under 90 s with compilation on an H100)')
     parser.add_argument('--repeats', type=int, default=None)
-    parser.add_argument('--no-fast', action='store_true', help='skip the fast-path figures')
-    parser.add_argument('--no-detector', action='store_true', help='skip the detector figures')
+    parser.add_argument('--warmup', type=int, default=None, help='cuda: warm-up rounds')
+    parser.add_argument('--no-fast', action='store_true',
+                        help='skip the fast-path (compiled) figures')
+    parser.add_argument('--no-detector', action='store_true',
+                        help='cpu: skip the detector figures')
     parser.add_argument('--detector-config', default=DETECTOR_CONFIG)
+    parser.add_argument('--json', metavar='FILE',
+                        help='also write the machine, the figures and the warnings to FILE')
     args = parser.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: torch sees no CUDA device')
 
-    quick = args.quick
-    repeats = args.repeats or (1 if quick else 5)
+    watch = LoadWatch()
+    machine = machine_description(args.device)
+    print_machine(machine, watch)
     report = Report()
     torch.manual_seed(0)
-    print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, '
-          f'native bf16: {bf16_supported()}, fast-path dtype: {autocast_dtype("cpu")}',
-          flush=True)
+    if args.device == 'cuda':
+        main_cuda(args, report)
+    else:
+        main_cpu(args, report)
+    warnings = finish_load_watch(report, watch)
+    print('\n' + report.table())
+    for warning in warnings:
+        print(warning)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=machine, load_before=watch.before, load_after=watch.after,
+                           warnings=warnings, figures=report.rows), f, indent=1)
+    return report
+
+
+def main_cpu(args, report: Report) -> Report:
+    """The CPU figures (module docstring)."""
+    quick = args.quick
+    repeats = args.repeats or (1 if quick else 5)
+    print(f'# fast-path dtype: {autocast_dtype("cpu")}', flush=True)
 
     peak_size = 256 if quick else 3072
     peak = matmul_peak(torch.float32, peak_size, repeats)
@@ -268,7 +640,6 @@ def main(argv=None):
     if not args.no_detector:
         report.add(f'detector_test_step_{tag}_fp32_headroom',
                    peak * 1e9 * t_detector / detector_flops, 'x')
-    print('\n' + report.table())
     return report
 
 

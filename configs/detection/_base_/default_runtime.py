@@ -5,7 +5,9 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    # mmengine's CheckpointHook writing atomically (temporary file, fsync, rename): a run killed
+    # while saving keeps its previous checkpoints intact
+    checkpoint=dict(type='convnext_dense.AtomicCheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 # Stop on a NaN/inf loss before it is saved; record seed, versions and random states (work dir
@@ -15,7 +17,10 @@ custom_hooks = [
     dict(type='convnext_dense.StopOnNonFiniteLossHook'),
     dict(type='convnext_dense.ReproducibilityHook'),
 ]
-# nccl for GPUs; tools/dist_train.sh switches to gloo when no GPU is visible.
+# Distributed runs: mmengine's DDP wrapper, which also wraps a model on the CPU (gloo); with
+# tools/dist_train.sh, nccl for GPUs, gloo when no GPU is visible.
+model_wrapper_cfg = dict(type='convnext_dense.AnyDeviceDistributedDataParallel',
+                         broadcast_buffers=False, find_unused_parameters=False)
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -7,6 +7,10 @@ custom_hooks = [
     dict(type='convnext_dense.StopOnNonFiniteLossHook'),
     dict(type='convnext_dense.ReproducibilityHook'),
 ]
+# Distributed runs: mmengine's DDP wrapper, which also wraps a model on the CPU (gloo). (The
+# checkpoint hook, convnext_dense.AtomicCheckpointHook, is set in schedules/.)
+model_wrapper_cfg = dict(type='convnext_dense.AnyDeviceDistributedDataParallel',
+                         broadcast_buffers=False, find_unused_parameters=False)
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

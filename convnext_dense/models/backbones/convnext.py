@@ -50,6 +50,9 @@ class GRN(nn.Module):
     """Global Response Normalization of ConvNeXt V2 on an (N, H, W, C) map.
 
     ``gamma`` and ``beta`` have the official shape (1, 1, 1, C) and start at zero (identity).
+    The spatial L2 norm is computed in float32 whatever the input dtype (an fp16 norm is inf
+    once it passes 65504, e.g. 3000 over a 24x24 map, and the block's output becomes NaN);
+    the output has the input's dtype.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -59,9 +62,14 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial_norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (N, 1, 1, C)
+        norm_dtype = torch.promote_types(x.dtype, torch.float32)
+        spatial_norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True,  # (N, 1, 1, C)
+                                                dtype=norm_dtype)
         relative = spatial_norm / (spatial_norm.mean(dim=-1, keepdim=True) + self.eps)
-        return x + torch.addcmul(self.beta, self.gamma, x * relative)
+        # fp16 x with fp32 gamma / beta (autocast): the affine part, and so their gradients'
+        # sums over space, in fp32; the output rounded once to x's dtype
+        out = x + torch.addcmul(self.beta, self.gamma, x * relative.to(x.dtype))
+        return out.to(x.dtype)
 
 
 class Block(nn.Module):
@@ -164,8 +172,10 @@ class ConvNeXt(BaseModule):
         with_cp: activation checkpointing per block (less memory, slower backward).
         channels_last: run internally in channels-last memory format (faster on CPU and GPU);
             the returned maps are contiguous (N, C, H, W) either way.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads official,
-            timm, mmpretrain or own checkpoints (see :func:`convert_checkpoint`).
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...][,
+            sha256=...])`` loads official, timm, mmpretrain or own checkpoints (see
+            :func:`convert_checkpoint`); a URL is downloaded once into torch's hub cache, its
+            SHA-256 checked against ``sha256`` (a hex prefix) or the hash in its file name.
 
     Shapes: input (N, in_channels, H, W); output tuple of (N, dims[i], H / 2**(i+2),
     W / 2**(i+2)) for i in ``out_indices``.
@@ -247,7 +257,8 @@ class ConvNeXt(BaseModule):
             from ..checkpoint import load_backbone_checkpoint
             if 'checkpoint' not in cfg:
                 raise KeyError("ConvNeXt init_cfg type='Pretrained' needs checkpoint=PATH.")
-            load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+            load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                                     sha256=cfg.get('sha256'))
             self._is_init = True
             return
         super().init_weights()

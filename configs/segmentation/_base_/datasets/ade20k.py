@@ -7,7 +7,7 @@ data_root = 'data/ade/ADEChallengeData2016'
 crop_size = (512, 512)
 test_scale = (2048, 512)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(type='LoadAnnotations'),  # reduce_zero_label comes from the dataset
     dict(type='RandomResize', scale=test_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -16,7 +16,7 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(type='Resize', scale=test_scale, keep_ratio=True),
     # annotations are loaded after Resize: metrics are computed at the original size
     dict(type='LoadAnnotations'),
@@ -26,7 +26,7 @@ test_pipeline = [
 # ratios of test_scale, each image is also flipped horizontally, softmax scores are averaged.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(
         type='TestTimeAug',
         transforms=[

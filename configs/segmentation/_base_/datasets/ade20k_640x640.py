@@ -3,7 +3,7 @@ _base_ = ['./ade20k.py']
 crop_size = (640, 640)
 test_scale = (2560, 640)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(type='LoadAnnotations'),
     dict(type='RandomResize', scale=test_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -12,14 +12,14 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(type='Resize', scale=test_scale, keep_ratio=True),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),
     dict(
         type='TestTimeAug',
         transforms=[

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Every GPU check in one go: the tests marked `cuda` (tests/cuda: mmcv ops on CUDA, AMP fp16 /
+# bf16, SyncBN, the Cascade Mask R-CNN T and UperNet T recipes trained, resumed and tested on
+# ../shared/data, one training step of Mask R-CNN T and Cascade S/B/L/XL, the detection demo,
+# test.py --fast), then the figures they measured (seconds per iteration, peak memory).
+#
+#   bash tools/gpu_check.sh                          # after `make install`, on a GPU machine
+#   source .gpu/setup.sh && bash tools/gpu_check.sh  # a lent GPU machine (../shared/gpu/README.md)
+#
+# The recipe runs need ../shared/data (tiny_coco, ade20k_sample) and skip without it. Only the
+# repository travels to a lent machine: copy the data into it first (cp -r ../shared/data
+# .gpu/data); .gpu/data is used when ../shared/data is absent, or CONVNEXT_DENSE_SHARED_DATA
+# names another copy.
+#
+# Arguments go to pytest (e.g. -k cascade, -x). Output in $GPU_CHECK_OUT (default
+# $OUT/gpu_check where $OUT is set, else /tmp/gpu_check): pytest.log, junit.xml and
+# figures.jsonl. Sizes: GPU_CHECK_DET_IMAGES (tiny_coco images per epoch, two epochs, default
+# 20), GPU_CHECK_DET_TEST_IMAGES (default 10), GPU_CHECK_SEG_ITERS (UperNet iterations before
+# the resume, default 16; 4 after).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
+elif [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; then
+  PY=.venv/bin/python
+else
+  PY=python3
+fi
+if [ -z "${CONVNEXT_DENSE_SHARED_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d .gpu/data ]; then
+  export CONVNEXT_DENSE_SHARED_DATA=$PWD/.gpu/data
+fi
+DATA=${CONVNEXT_DENSE_SHARED_DATA:-../shared/data}
+if [ -d "$DATA/tiny_coco" ] && [ -d "$DATA/ade20k_sample" ]; then
+  echo "gpu_check: data in $DATA"
+else
+  echo "gpu_check: no tiny_coco / ade20k_sample in $DATA: the recipe runs will be skipped" >&2
+fi
+OUT_DIR=${GPU_CHECK_OUT:-${OUT:-/tmp}/gpu_check}
+mkdir -p "$OUT_DIR"
+export CONVNEXT_DENSE_GPU_FIGURES="$OUT_DIR/figures.jsonl"
+: > "$CONVNEXT_DENSE_GPU_FIGURES"
+
+if ! "$PY" -c 'import pytest' 2>/dev/null; then
+  echo "gpu_check: pytest is not installed for $PY: pip install pytest (on a machine without" \
+       "a registry, put its wheels and those of pluggy, iniconfig, packaging, pygments into" \
+       ".gpu/wheels/ before sourcing .gpu/setup.sh)" >&2
+  exit 2
+fi
+
+"$PY" - <<'EOF'
+import torch, torchvision, mmcv, mmdet, mmseg, mmengine
+from mmcv.ops import get_compiling_cuda_version
+from convnext_dense.compat import mmcv_cuda_ops
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'none: the tests are skipped'
+print(f'gpu_check: GPU {gpu} | torch {torch.__version__} (CUDA {torch.version.cuda}) | '
+      f'torchvision {torchvision.__version__} | mmcv {mmcv.__version__} (CUDA kernels: '
+      f'{get_compiling_cuda_version()}) | mmengine {mmengine.__version__} | mmdet '
+      f'{mmdet.__version__} | mmseg {mmseg.__version__}')
+if torch.cuda.is_available():
+    print('gpu_check: mmcv ops on CUDA tensors:', "mmcv's own kernels"
+          if mmcv_cuda_ops.mmcv_has_cuda_ops() else
+          "torchvision's kernels (convnext_dense.compat.mmcv_cuda_ops)")
+EOF
+
+SECONDS=0
+"$PY" -m pytest tests/cuda -m cuda -v -rs -p no:cacheprovider --durations=0 \
+    --junitxml "$OUT_DIR/junit.xml" "$@" 2>&1 | tee "$OUT_DIR/pytest.log"
+status=${PIPESTATUS[0]}
+echo "gpu_check: pytest exit status $status after ${SECONDS} s"
+
+"$PY" - "$CONVNEXT_DENSE_GPU_FIGURES" <<'EOF'
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print(f'gpu_check: {len(records)} figures ({sys.argv[1]})')
+for record in records:
+    name = record.pop('name')
+    context = ', '.join(f'{k} {record.pop(k)}' for k in ('gpu', 'torch') if k in record)
+    values = ', '.join(f'{k}={v}' for k, v in record.items())
+    print(f'  {name}: {values}  [{context}]')
+EOF
+exit "$status"
