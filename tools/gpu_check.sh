@@ -48,6 +48,17 @@ if ! "$PY" -c 'import pytest' 2>/dev/null; then
   exit 2
 fi
 
+# mmdet 3.3 imports mmpretrain wherever it is installed, and mmpretrain 1.2.0 fails to import
+# without transformers (TypeError: NoneType takes no arguments): then no detector builds. Seen
+# on the lent GPU machine, whose .gpu/setup.sh installs mmpretrain for the benchmark.
+if ! "$PY" -c 'import mmdet.models' 2>/dev/null; then
+  echo "gpu_check: mmdet.models does not import here:" >&2
+  "$PY" -c 'import mmdet.models' 2>&1 | tail -1 >&2
+  echo "gpu_check: if that is mmpretrain without transformers, uninstall mmpretrain (after" \
+       "source .gpu/setup.sh: rm -rf /tmp/site/mmpretrain*) or install transformers" >&2
+  exit 2
+fi
+
 "$PY" - <<'EOF'
 import torch, torchvision, mmcv, mmdet, mmseg, mmengine
 from mmcv.ops import get_compiling_cuda_version
