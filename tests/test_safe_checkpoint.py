@@ -253,3 +253,22 @@ def test_backbone_init_cfg_downloads_checks_the_hash_and_loads(tmp_path, hub_dir
     assert os.listdir(hub_dir) == ['convnext_atto.pth']
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_process_wide_numpy_allow_list_does_not_reach_our_loads(tmp_path):
+    """Code elsewhere that allows NumPy's real objects process-wide does not weaken our loads:
+    an object-dtype array is still refused, and that code's list is restored afterwards."""
+    from test_checkpoint_attacks import ATTACKS, hostile_file
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    theirs = [np.dtype, np.ndarray, (_reconstruct, 'numpy.core.multiarray._reconstruct')]
+    path = hostile_file(tmp_path, 'object dtype', 2, 'zip', tmp_path / 'marker')
+    torch.serialization.add_safe_globals(theirs)
+    try:
+        with pytest.raises(sc.UnsafeCheckpointError, match=ATTACKS['object dtype'][1]):
+            sc.load_checkpoint(path)
+        assert set(theirs) <= set(torch.serialization.get_safe_globals())
+    finally:
+        torch._weights_only_unpickler._remove_safe_globals(theirs)

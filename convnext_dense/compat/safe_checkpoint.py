@@ -29,6 +29,7 @@ A file with anything else raises :class:`UnsafeCheckpointError`, which names the
 the reason. A user who trusts a file sets ``CONVNEXT_DENSE_TRUST_CHECKPOINTS=1`` (read at each
 load; logged with the file's name) to load it with full pickle.
 """
+import contextlib
 import hashlib
 import io
 import logging
@@ -343,6 +344,27 @@ def _check_declared_sizes(filename: str) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+def _global_name(entry) -> str:
+    return entry[1] if isinstance(entry, tuple) else f'{entry.__module__}.{entry.__qualname__}'
+
+
+@contextlib.contextmanager
+def _stand_ins_only():
+    """Our stand-ins allowed for one load (``torch.serialization.safe_globals``). Where the
+    process has allowed the real object under one of their names (``add_safe_globals([np.dtype])``
+    elsewhere), that entry is set aside meanwhile: otherwise torch picks either one."""
+    names = {name for _, name in STAND_INS}
+    shadowing = [g for g in torch.serialization.get_safe_globals() if _global_name(g) in names]
+    if shadowing:
+        torch._weights_only_unpickler._remove_safe_globals(shadowing)
+    try:
+        with torch.serialization.safe_globals(list(STAND_INS)):
+            yield
+    finally:
+        if shadowing:
+            torch.serialization.add_safe_globals(shadowing)
+
+
 def trusted() -> bool:
     """Whether the user opted in to full pickle (read at every load)."""
     return os.environ.get(TRUST_ENV, '0').strip().lower() in ('1', 'true', 'yes')
@@ -371,7 +393,7 @@ def load_local(filename: str, map_location=None):
                   f'code from the file.', logger='current', level=logging.WARNING)
         return torch.load(filename, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(list(STAND_INS)):
+        with _stand_ins_only():
             _check_declared_sizes(filename)
             loaded = torch.load(filename, map_location=map_location, weights_only=True)
             return _materialise(loaded)
