@@ -47,26 +47,45 @@ def test_busy_warning_threshold_is_half_the_cores(bench):
 
 
 def test_load_watch_warns_before_and_after_independently(bench):
+    no_proc_stat = dict(cpu_seconds=lambda: None)  # judged by the load average alone
     loads = iter([(1.5, 1.0, 1.0), (0.2, 0.5, 0.9)])  # busy at the start, idle at the end
-    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads))
+    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads), **no_proc_stat)
     assert len(watch.warnings()) == 1
     warnings = watch.stop()
     assert watch.before == (1.5, 1.0, 1.0) and watch.after == (0.2, 0.5, 0.9)
     assert len(warnings) == 1 and 'at the start of' in warnings[0]
 
     loads = iter([(0.1, 0, 0), (4.0, 0, 0)])
-    watch = bench.LoadWatch(cores=4, getloadavg=lambda: next(loads))
+    watch = bench.LoadWatch(cores=4, getloadavg=lambda: next(loads), **no_proc_stat)
     assert watch.warnings() == []
     assert ['at the end of' in w for w in watch.stop()] == [True]
 
     loads = iter([(0.1, 0, 0), (0.3, 0, 0)])
-    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads))
+    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads), **no_proc_stat)
     assert watch.stop() == []
+
+
+def test_load_watch_judges_the_run_by_other_processes_cpu_time(bench):
+    """Our own threads load the machine (a load average of 2 on 2 cores at the end of a
+    2-thread run): only the CPU time other processes used over the run counts."""
+    def watch_for(machine_s, own_s, wall_s=10.0):
+        readings = iter([(100.0, 5.0), (100.0 + machine_s, 5.0 + own_s)])
+        clock = iter([0.0, wall_s])
+        loads = iter([(0.1, 0, 0), (2.0, 0, 0)])
+        watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads),
+                                cpu_seconds=lambda: next(readings), clock=lambda: next(clock))
+        return watch, watch.stop()
+    watch, warnings = watch_for(machine_s=20.0, own_s=19.5)  # we used both cores
+    assert warnings == [] and watch.others_share == pytest.approx(0.025)
+    assert watch.after == (2.0, 0, 0)  # our own load, recorded, not judged
+    watch, warnings = watch_for(machine_s=20.0, own_s=10.0)  # another process took a core
+    assert watch.others_share == pytest.approx(0.5)
+    assert len(warnings) == 1 and 'other processes used 50%' in warnings[0]
 
 
 def test_finish_load_watch_records_the_load_in_the_report(bench, capsys):
     loads = iter([(0.4, 0, 0), (2.5, 0, 0)])
-    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads))
+    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads), cpu_seconds=lambda: None)
     report = bench.Report()
     warnings = bench.finish_load_watch(report, watch)
     figures = {row['figure']: row['value'] for row in report.rows}

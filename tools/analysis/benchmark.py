@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -54,6 +54,7 @@ DETECTOR_CONFIG = osp.join(ROOT, 'configs/detection/cascade_convnext_t_coco.py')
 
 # ----------------------------------------------------------------------------- the machine
 BUSY_FRACTION = 0.5  # a 1-minute load average above this fraction of the cores: busy machine
+OTHERS_SHARE = 0.15  # other processes using more than this share of the cores during a run: busy
 ISA_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16')
 
 
@@ -110,22 +111,53 @@ def busy_warning(load: Optional[Sequence[float]], cores: int, when: str,
             f'compete for the CPU; these timings are not those of an idle machine.')
 
 
-class LoadWatch:
-    """The load average at the start and at the end of a run, with the warnings they give."""
+def cpu_seconds() -> Optional[Tuple[float, float]]:
+    """(CPU seconds that all processes on the machine have used since boot, from /proc/stat;
+    CPU seconds of this process and its children), or None where /proc/stat is missing."""
+    try:
+        with open('/proc/stat') as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]  # everything but idle and iowait
+    own = os.times()
+    return (busy / os.sysconf('SC_CLK_TCK'),
+            own.user + own.system + own.children_user + own.children_system)
 
-    def __init__(self, cores: Optional[int] = None, getloadavg=load_average):
+
+class LoadWatch:
+    """Whether other processes competed for the CPU: the load average when the run starts
+    (then it is theirs alone) and, over the run, the CPU time that all processes used minus
+    ours, as a share of the machine (the load average at the end counts our own threads too,
+    so it is recorded but not judged, unless /proc/stat is missing)."""
+
+    def __init__(self, cores: Optional[int] = None, getloadavg=load_average,
+                 cpu_seconds=cpu_seconds, clock=time.monotonic):
         self.cores = cores or os.cpu_count() or 1
-        self._getloadavg = getloadavg
+        self._getloadavg, self._cpu_seconds, self._clock = getloadavg, cpu_seconds, clock
         self.before = self._getloadavg()
         self.after = None
+        self.others_share = None  # of cores x wall time, once stopped
+        self._start = (self._cpu_seconds(), self._clock())
 
     def stop(self) -> List[str]:
         self.after = self._getloadavg()
+        (cpu0, t0), cpu1 = self._start, self._cpu_seconds()
+        if cpu0 is not None and cpu1 is not None:
+            others = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])
+            wall = max(self._clock() - t0, 1e-9)
+            self.others_share = max(0.0, others / (wall * self.cores))
         return self.warnings()
 
     def warnings(self) -> List[str]:
-        found = [busy_warning(self.before, self.cores, 'at the start of'),
-                 busy_warning(self.after, self.cores, 'at the end of')]
+        found = [busy_warning(self.before, self.cores, 'at the start of')]
+        if self.others_share is not None:
+            if self.others_share > OTHERS_SHARE:
+                found.append(f'WARNING: other processes used {self.others_share:.0%} of the '
+                             f'{self.cores} cores during the run (above {OTHERS_SHARE:.0%}); '
+                             f'these timings are not those of an idle machine.')
+        elif self.after is not None:
+            found.append(busy_warning(self.after, self.cores, 'at the end of'))
         return [w for w in found if w]
 
 
@@ -173,6 +205,9 @@ def finish_load_watch(report, watch: LoadWatch) -> List[str]:
     for when, load in (('before', watch.before), ('after', watch.after)):
         if load is not None:
             report.add(f'load_avg_1min_{when}', load[0], f'(on {watch.cores} cores)')
+    if watch.others_share is not None:
+        report.add('cpu_share_of_other_processes', watch.others_share,
+                   f'(of {watch.cores} cores x the run)')
     print(f'# load average after: {_fmt_load(watch.after)}', flush=True)
     for warning in warnings:
         print(warning, flush=True)
