@@ -6,6 +6,7 @@ survive (no signal), the payload must not run (no marker file) and every path mu
 file with an error naming the global or the reason. The tools' own paths (load_from,
 --resume, tools/test.py) are attacked in tests/test_reliability.py."""
 import json
+import os
 import os.path as osp
 import pickle
 import struct
@@ -272,7 +273,7 @@ CHILD = textwrap.dedent('''
 def run_child(paths):
     result = subprocess.run([sys.executable, '-c', CHILD, TOOLS, *paths], cwd=REPO,
                             capture_output=True, text=True, timeout=300,
-                            env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode >= 0, f'child killed by signal {-result.returncode}:\n' \
                                    f'{result.stderr[-3000:]}'
     assert result.returncode == 0, result.stderr[-3000:]

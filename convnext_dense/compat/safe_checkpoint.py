@@ -432,6 +432,7 @@ def download(url: str, model_dir: Optional[str] = None,
     if hash_prefix is None:
         match = _HASH_IN_NAME.search(name)
         hash_prefix = match.group(1) if match else None
+    hash_prefix = hash_prefix.lower() if hash_prefix else None
     if osp.isfile(path):
         if hash_prefix and not _sha256(path).startswith(hash_prefix):
             raise UnsafeCheckpointError(f'cached checkpoint {path} does not match the SHA-256 '
@@ -442,7 +443,7 @@ def download(url: str, model_dir: Optional[str] = None,
     try:
         with os.fdopen(handle, 'wb') as out:
             digest = _stream(url, out)
-        if hash_prefix and not digest.startswith(hash_prefix.lower()):
+        if hash_prefix and not digest.startswith(hash_prefix):
             raise UnsafeCheckpointError(f'download of {url} has SHA-256 {digest}, which does not '
                                         f'start with the expected {hash_prefix}')
         os.replace(partial, path)
