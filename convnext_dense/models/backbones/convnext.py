@@ -173,8 +173,9 @@ class ConvNeXt(BaseModule):
         channels_last: run internally in channels-last memory format (faster on CPU and GPU);
             the returned maps are contiguous (N, C, H, W) either way.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...][,
-            sha256=...])`` loads official, timm, mmpretrain or own checkpoints (see
-            :func:`convert_checkpoint`); a URL is downloaded once into torch's hub cache, its
+            sha256=...])`` loads official, FCMAE (sparse or dense), open_clip, timm (CLIP,
+            DINOv3), DINOv3, mmpretrain or own checkpoints (see :data:`LAYOUTS` in
+            convnext_dense/models/checkpoint.py); a URL is downloaded once into torch's hub cache, its
             SHA-256 checked against ``sha256`` (a hex prefix) or the hash in its file name.
 
     Shapes: input (N, in_channels, H, W); output tuple of (N, dims[i], H / 2**(i+2),
