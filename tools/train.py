@@ -5,7 +5,9 @@
                           [--launcher {none,pytorch,slurm}] [--debug]
 
 A checkpoint given as load_from or --resume CKPT must exist and fit the model: a tensor of
-another shape or a checkpoint of another model stops the run with an error naming them.
+another shape or a checkpoint of another model stops the run with an error naming them
+(``--skip-mismatched``: those tensors are skipped, each one logged). An official trained
+ConvNeXt COCO / ADE20K model (mmcv 1.x) is accepted as load_from as it is.
 ``--resume`` alone continues from the newest complete checkpoint in the work dir. An expected
 error is one line on stderr and exit status 2 (``--debug`` shows the traceback).
 """
@@ -24,8 +26,9 @@ def parse_args(argv=None):
                         'checkpoint in the work dir')
     parser.add_argument('--skip-mismatched', action='store_true',
                         help='load_from: leave tensors whose shape differs from the model at '
-                        'their initial values (fine-tuning to another number of classes) '
-                        'instead of stopping with an error')
+                        'their initial values (fine-tuning to another number of classes, e.g. '
+                        'from an official COCO model) instead of stopping with an error; the '
+                        'log names every skipped tensor with both shapes')
     parser.add_argument('--amp', nargs='?', const='fp16', default=None,
                         choices=['fp16', 'bf16'],
                         help='automatic mixed precision (AmpOptimWrapper): fp16 (the default '

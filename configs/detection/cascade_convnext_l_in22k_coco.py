@@ -9,6 +9,11 @@
 # The backbone starts from the official ImageNet checkpoint, downloaded once into torch's hub
 # cache and loaded weights-only; offline, point to a local copy with
 #   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/convnext_large_22k_224.pth
+# Official trained model (facebookresearch/ConvNeXt object_detection/README.md),
+# loaded as it is (mmdet 2.x keys and mmcv 1.x meta are read weights-only):
+#   python tools/test.py configs/detection/cascade_convnext_l_in22k_coco.py \
+#       https://dl.fbaipublicfiles.com/convnext/coco/cascade_mask_rcnn_convnext_large_22k_3x.pth
+# It should reproduce COCO val2017 box AP 54.8, mask AP 47.6.
 _base_ = [
     './_base_/models/cascade_mask_rcnn_convnext_fpn.py',
     './_base_/datasets/coco_instance.py',

@@ -283,9 +283,15 @@ class CheckpointFitsModelHook(Hook):
     tools/test.py does not fit the model (mmengine only logs a warning and carries on with
     the mismatched tensors left at their initial values).
 
+    An official trained ConvNeXt COCO / ADE20K checkpoint (written by mmcv 1.x) is first
+    mapped to our key names in place, with one report of what was mapped, missing or
+    unexpected (:func:`convnext_dense.models.official_dense.adapt_checkpoint`).
+
     Args:
         skip_mismatched (bool): for ``load_from`` only (never for a resume), load the tensors
-            that fit and leave the others (fine-tuning to another number of classes).
+            that fit and leave the others (fine-tuning to another number of classes). The
+            skipped tensors are taken out of the checkpoint, logged by name with both shapes
+            and kept in :attr:`skipped`.
         require_all (bool): every model tensor must be in the checkpoint (testing).
     """
 
@@ -294,17 +300,52 @@ class CheckpointFitsModelHook(Hook):
     def __init__(self, skip_mismatched: bool = False, require_all: bool = False) -> None:
         self.skip_mismatched = skip_mismatched
         self.require_all = require_all
+        #: (key, checkpoint shape, model shape) of each tensor the last load skipped
+        self.skipped: List[tuple] = []
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         from ..models.checkpoint import check_checkpoint_fits
+        from ..models.official_dense import adapt_checkpoint
         resume = bool(getattr(runner, '_resume', False))
         filename = getattr(runner, '_load_from', None)
         if filename is None and resume:  # --resume without a path: the newest in the work dir
             from .checkpointing import find_latest_checkpoint
             filename = find_latest_checkpoint(runner.work_dir)
-        check_checkpoint_fits(runner.model, checkpoint, filename,
-                              skip_mismatched=self.skip_mismatched and not resume,
+        adapt_checkpoint(runner.model, checkpoint, filename, resume=resume,
+                         logger=runner.logger)
+        skip = self.skip_mismatched and not resume
+        check_checkpoint_fits(runner.model, checkpoint, filename, skip_mismatched=skip,
                               require_all=self.require_all or resume)
+        self.skipped = skip_mismatched_tensors(runner.model, checkpoint) if skip else []
+        if self.skipped:
+            runner.logger.warning(
+                f'--skip-mismatched: {len(self.skipped)} tensor(s) of {filename} have another '
+                f'shape than the model and were not loaded (they keep their initial '
+                f'values):\n  ' + '\n  '.join(f'{k}: checkpoint {c} vs model {m}'
+                                              for k, c, m in self.skipped))
+
+
+def skip_mismatched_tensors(model, checkpoint: dict) -> List[tuple]:
+    """Remove from ``checkpoint``'s state dict every tensor whose shape differs from the
+    model's tensor of that name (a leading DDP ``module.`` ignored on both sides); return
+    (key, checkpoint shape, model shape) for each, in checkpoint order."""
+    import re
+
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+
+    from ..models.checkpoint import extract_state_dict
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    own = model.state_dict()
+    state_dict = extract_state_dict(checkpoint)
+    skipped = []
+    for key in list(state_dict):
+        name, value = re.sub(r'^module\.', '', key), state_dict[key]
+        if name in own and hasattr(value, 'shape') and \
+                tuple(value.shape) != tuple(own[name].shape):
+            skipped.append((name, tuple(value.shape), tuple(own[name].shape)))
+            del state_dict[key]
+    return skipped
 
 
 # ----------------------------------------------------------------------------- datasets
