@@ -26,6 +26,8 @@ it this constructor
 - applies mmengine-style ``custom_keys`` (``lr_mult`` / ``decay_mult`` by name substring; the
   longest matching key wins, ties go to the alphabetically first) as factors on top of the
   decayed learning rate and of the weight decay (so a no-decay parameter stays at 0);
+- gives ConvNeXt V2's GRN ``gamma`` / ``beta`` no weight decay unless ``grn_weight_decay=True``
+  (see below);
 - merges parameters with the same (layer id, lr, weight decay) into one group and logs one table
   row per group;
 - accepts the model wrapped in (MM)DistributedDataParallel: ``module.`` prefixes are ignored.
@@ -37,9 +39,15 @@ A model whose backbone has ``backbone.`` parameters but none named like ConvNeXt
 since the rule would silently leave it undecayed. The ``ConvNeXt`` of mmpretrain uses the same
 names as ours, so it is handled too.
 
-Note for ConvNeXt V2: GRN's ``gamma``/``beta`` have shape (1, 1, 1, C), so the rule above (like
-mmdet's and mmseg's) gives them weight decay; the official V2 fine-tuning code does not. Add
-``custom_keys={'.grn.': dict(decay_mult=0.)}`` to exclude them.
+ConvNeXt V2's GRN: its ``gamma`` / ``beta`` have shape (1, 1, 1, C), so the rule above (like
+mmdet's and mmseg's) would give them weight decay. The V2 maintainers advise against it
+(facebookresearch/ConvNeXt-V2 issue #15; their fine-tuning code exempts every ``.gamma`` /
+``.beta`` since commit 2553895), so by default this constructor gives every parameter named
+``*.grn.gamma`` / ``*.grn.beta`` weight decay 0; its learning rate is unchanged. V1 backbones have
+no GRN, so their groups are exactly mmdet's / mmseg's. ``paramwise_cfg=dict(...,
+grn_weight_decay=True)`` gives GRN the optimizer's weight decay again (the rule of mmdet and
+mmseg); ``custom_keys`` apply on top either way (their ``decay_mult`` scales whatever weight
+decay the parameter has, so it cannot bring back decay that the default removed).
 """
 import logging
 from numbers import Real
@@ -52,9 +60,10 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from ..registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
-PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'custom_keys')
+PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'custom_keys', 'grn_weight_decay')
 TOKEN_NAMES = ('cls_token', 'mask_token', 'pos_embed')
 NO_DECAY_NAMES = ('pos_embed', 'cls_token')
+GRN_PARAM_NAMES = ('grn.gamma', 'grn.beta')
 RESERVED_GROUP_KEYS = ('params', 'lr', 'weight_decay', 'lr_scale', 'layer_id')
 WRAPPER_PREFIX = 'module.'
 BACKBONE = 'backbone.'
@@ -121,6 +130,13 @@ def applies_weight_decay(name: str, ndim: int) -> bool:
     return not (ndim == 1 or name.endswith('.bias') or name.rsplit('.', 1)[-1] in NO_DECAY_NAMES)
 
 
+def is_grn_param(name: str) -> bool:
+    """True for ConvNeXt V2's GRN ``gamma`` / ``beta`` (``....grn.gamma``, ``....grn.beta``)."""
+    name = strip_wrapper_prefix(name)
+    return name.endswith(tuple('.' + suffix for suffix in GRN_PARAM_NAMES)) or \
+        name in GRN_PARAM_NAMES
+
+
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """Optimizer wrapper constructor with ConvNeXt layer-wise / stage-wise lr decay.
@@ -140,7 +156,10 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         paramwise_cfg: ``decay_rate`` (required, > 0), ``decay_type`` (``'layer_wise'``, the
             default, or ``'stage_wise'``), ``num_layers`` (default: 6 or 12 from the depth of
             ``backbone.stages.2``), ``custom_keys`` (mmengine's format: ``{substring:
-            dict(lr_mult=..., decay_mult=..., **other_optimizer_options)}``).
+            dict(lr_mult=..., decay_mult=..., **other_optimizer_options)}``),
+            ``grn_weight_decay`` (default False: ConvNeXt V2's GRN ``gamma`` / ``beta`` get
+            weight decay 0, as the V2 maintainers advise; True gives them the optimizer's
+            weight decay, as mmdet's / mmseg's constructors do).
 
     The built optimizer's param groups carry, besides ``params``, ``lr`` and ``weight_decay``,
     the keys ``layer_id`` and ``lr_scale`` (lr / base lr) and any extra options of the matched
@@ -177,6 +196,11 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             raise ValueError(f'optim_wrapper.paramwise_cfg.num_layers must be a positive int '
                              f'or left out (6 or 12 from the backbone), got '
                              f'{self.num_layers!r}.')
+        self.grn_weight_decay = cfg.get('grn_weight_decay', False)
+        if not isinstance(self.grn_weight_decay, bool):
+            raise TypeError(f'optim_wrapper.paramwise_cfg.grn_weight_decay must be True or False '
+                            f'(False, the default, exempts ConvNeXt V2 GRN gamma/beta from '
+                            f'weight decay), got {self.grn_weight_decay!r}.')
         self.custom_keys = dict(cfg.get('custom_keys', {}))
         for key, value in self.custom_keys.items():
             if not isinstance(value, dict):
@@ -273,6 +297,8 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             layer_id = get_layer_id(name, self.decay_type, num_layers)
             scale = self.decay_rate ** (total_layers - layer_id - 1)
             weight_decay = self.base_wd if applies_weight_decay(name, param.ndim) else 0.
+            if not self.grn_weight_decay and is_grn_param(name):
+                weight_decay = 0.
             lr_mult, extra = 1., {}
             key = self.match_custom_key(name)
             if key is not None:
@@ -325,7 +351,8 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         text = [
             f'LearningRateDecayOptimizerConstructor: {self.decay_type}, decay_rate='
             f'{self.decay_rate}, num_layers={num_layers} ({origin}), base lr={self.base_lr}, '
-            f'base weight_decay={self.base_wd}, custom_keys={sorted(self.custom_keys) or "-"}',
+            f'base weight_decay={self.base_wd}, grn_weight_decay={self.grn_weight_decay}, '
+            f'custom_keys={sorted(self.custom_keys) or "-"}',
             line(header)] + [line(row) for row in rows] + [
             f'{len(groups)} groups, {tensors} tensors, {numel:,} parameters; '
             f'{frozen} frozen tensors (requires_grad=False) left out.']

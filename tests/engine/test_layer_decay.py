@@ -300,17 +300,10 @@ def test_custom_keys_scale_exactly_the_matching_params(det_model):
         assert math.isclose(custom[name][1], wd, rel_tol=1e-12), name
 
 
-def test_custom_keys_extra_options_and_grn_no_decay():
+def test_custom_keys_extra_options():
     model = Toy('v2-atto')
-    cfg = dict(decay_rate=0.8, custom_keys={'.grn.': dict(decay_mult=0.), 'head': dict(
-        lr_mult=10., betas=(0.5, 0.9))})
+    cfg = dict(decay_rate=0.8, custom_keys={'head': dict(lr_mult=10., betas=(0.5, 0.9))})
     wrapper = build(model, cfg)
-    got = settings(wrapper, model)
-    # The DESIGN rule decays GRN's (1, 1, 1, C) gamma/beta; the custom key turns that off.
-    plain = settings(build(model, dict(decay_rate=0.8)), model)
-    assert plain['backbone.stages.2.0.grn.gamma'][1] == WD
-    assert got['backbone.stages.2.0.grn.gamma'][1] == 0.0
-    assert got['backbone.stages.2.0.grn.gamma'][0] == plain['backbone.stages.2.0.grn.gamma'][0]
     head_groups = [g for g in wrapper.optimizer.param_groups
                    if any(p is model.head[0].weight for p in g['params'])]
     assert head_groups[0]['betas'] == (0.5, 0.9)
@@ -320,6 +313,72 @@ def test_custom_keys_extra_options_and_grn_no_decay():
         is_head = {id(p) in head_params for p in group['params']}
         assert len(is_head) == 1  # head and backbone never share a group here
         assert group['betas'] == ((0.5, 0.9) if is_head == {True} else (0.9, 0.999))
+
+
+# ------------------------------------------------------------------ ConvNeXt V2 GRN
+def grn_names(model):
+    return sorted(name for name, _ in model.named_parameters()
+                  if name.endswith(('.grn.gamma', '.grn.beta')))
+
+
+@pytest.mark.parametrize('decay_type', ['layer_wise', 'stage_wise'])
+def test_grn_gets_no_weight_decay_by_default(decay_type):
+    """V2 default: exactly the GRN gamma/beta lose weight decay, at unchanged lr; with
+    grn_weight_decay=True every group is mmdet's (which decays GRN like any 4-D weight)."""
+    from mmdet.engine.optimizers import LearningRateDecayOptimizerConstructor as MMDetLRD
+    model = Toy('v2-atto')  # depths [2, 2, 6, 2]: 12 blocks, 24 GRN tensors
+    grn = grn_names(model)
+    assert len(grn) == 24 and model.backbone.stages[0][0].grn.gamma.shape == (1, 1, 1, 160)
+    cfg = dict(decay_rate=0.8, decay_type=decay_type, num_layers=6)
+    default = settings(build(model, cfg), model)
+    decayed = settings(build(model, dict(cfg, grn_weight_decay=True)), model)
+    theirs = settings(MMDetLRD(dict(type='OptimWrapper', optimizer=dict(OPTIMIZER)),
+                               dict(cfg))(model), model)
+    assert_same(decayed, theirs)
+    for name in grn:
+        assert default[name][1] == 0.0, name
+        assert decayed[name][1] == WD, name
+        assert default[name][0] == decayed[name][0], name
+    assert {n: v for n, v in default.items() if n not in grn} == \
+        {n: v for n, v in decayed.items() if n not in grn}
+    # the lr is the block's: stages.2.5 is layer_wise id 3 + 5 // 3 = 4, stage_wise id 3
+    layer_id = 4 if decay_type == 'layer_wise' else 3
+    assert math.isclose(default['backbone.stages.2.5.grn.beta'][0],
+                        LR * 0.8 ** (8 - layer_id - 1), rel_tol=1e-12)
+
+
+def test_grn_default_with_custom_keys():
+    """custom_keys still act on GRN: lr_mult scales its lr; decay_mult scales its weight decay,
+    which stays 0 under the default and is WD * decay_mult with grn_weight_decay=True."""
+    model = Toy('v2-atto')
+    name = 'backbone.stages.3.1.grn.gamma'  # layer_wise id 6 of 0..7: scale 0.8
+    custom = {'.grn.': dict(lr_mult=3., decay_mult=0.5)}
+    base = dict(decay_rate=0.8, num_layers=6)
+    got = settings(build(model, dict(base, custom_keys=custom)), model)
+    assert math.isclose(got[name][0], LR * 0.8 * 3., rel_tol=1e-12) and got[name][1] == 0.0
+    got = settings(build(model, dict(base, custom_keys=custom, grn_weight_decay=True)), model)
+    assert math.isclose(got[name][0], LR * 0.8 * 3., rel_tol=1e-12)
+    assert math.isclose(got[name][1], WD * 0.5, rel_tol=1e-12)
+    # a key that does not match GRN leaves its exemption alone
+    got = settings(build(model, dict(base, custom_keys={'stages.3': dict(decay_mult=2.)})), model)
+    assert got[name][1] == 0.0
+    assert got['backbone.stages.3.1.pwconv1.weight'][1] == WD * 2.
+
+
+def test_grn_switch_leaves_v1_groups_alone(det_model):
+    """A V1 model has no GRN: both settings give identical groups (and mmdet's, see
+    test_matches_mmdet_on_cascade_mask_rcnn)."""
+    assert grn_names(det_model) == []
+    cfg = dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6)
+    assert group_signature(build(det_model, cfg), det_model) == \
+        group_signature(build(det_model, dict(cfg, grn_weight_decay=True)), det_model)
+
+
+def test_grn_weight_decay_must_be_a_bool():
+    with pytest.raises(TypeError, match='grn_weight_decay must be True or False.*got 0'):
+        LearningRateDecayOptimizerConstructor(
+            dict(type='OptimWrapper', optimizer=dict(OPTIMIZER)),
+            dict(decay_rate=0.7, grn_weight_decay=0))
 
 
 # ------------------------------------------------------------------ grouping and summary
@@ -353,6 +412,7 @@ def test_groups_are_merged_and_summarised(det_model):
     assert sum(int(row[5].replace(',', '')) for row in rows) == sum(p.numel() for p in trainable)
     assert f'{len(trainable)} tensors' in lines[-1]
     assert 'num_layers=6 (from paramwise_cfg)' in lines[0]
+    assert 'grn_weight_decay=False' in lines[0]
 
 
 def test_frozen_parameters_are_left_out():
