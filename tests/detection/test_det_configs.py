@@ -28,6 +28,18 @@ RECIPES = {
     'mask_rcnn_convnext_t_1x_coco.py': ('tiny', 0.4, 1e-4, 0.95, 6, True, 48.10, 12, [8, 11]),
 }
 
+# ConvNeXt V2 Mask R-CNN 3x, the paper's COCO recipe (arXiv 2301.00808, Appendix A.3; sources
+# and the choices it leaves open in each config's header).
+# config: (arch, drop_path, num_layers, params in M measured here (the paper gives none),
+#          paper box / mask AP (Table 6; V2-T: not in the paper)); all lr 1e-4, layer_wise
+#          decay 0.95, AMP, 36 epochs, 32 images per batch, large-scale jitter, soft-NMS
+V2_RECIPES = {
+    'mask_rcnn_convnext_v2_t_coco.py': ('v2-tiny', 0.3, 6, 48.142, None),
+    'mask_rcnn_convnext_v2_b_coco.py': ('v2-base', 0.4, 12, 108.091, (52.9, 46.6)),
+    'mask_rcnn_convnext_v2_l_coco.py': ('v2-large', 0.5, 12, 217.065, (54.4, 47.7)),
+    'mask_rcnn_convnext_v2_h_coco.py': ('v2-huge', 0.5, 12, 678.735, (55.7, 48.9)),
+}
+
 
 def load(name):
     from mmdet.utils import register_all_modules
@@ -47,6 +59,17 @@ def test_every_recipe_has_a_config():
     assert 'demo_cascade_convnext_atto_toy.py' in CONFIGS
 
 
+def backbone_consumer(cfg):
+    """(config key, in_channels) of what reads the backbone's maps: the neck (FPN, ChannelMapper
+    of DINO, ...) or, without a neck, the head (Mask2Former's panoptic_head)."""
+    if cfg.model.get('neck') is not None:
+        return 'neck', cfg.model.neck.in_channels
+    for key in ('panoptic_head', 'bbox_head', 'rpn_head'):
+        if cfg.model.get(key) is not None and 'in_channels' in cfg.model[key]:
+            return key, cfg.model[key].in_channels
+    raise AssertionError('no neck and no head with in_channels reads the backbone')
+
+
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds(name):
     cfg = load(name)
@@ -55,9 +78,14 @@ def test_config_builds(name):
     model = build_on_meta(cfg)
     assert type(model.backbone).__name__ == 'ConvNeXt'
     assert type(model.backbone).__module__.startswith('convnext_dense.')
-    dims = model.backbone.dims
-    assert list(cfg.model.neck.in_channels) == dims
-    assert model.backbone.out_indices == (0, 1, 2, 3)
+    # whatever reads the backbone takes exactly the channels of the maps it outputs
+    out_indices = tuple(model.backbone.out_indices)
+    assert out_indices == tuple(sorted(set(out_indices))) and out_indices
+    key, in_channels = backbone_consumer(cfg)
+    assert list(in_channels) == [model.backbone.dims[i] for i in out_indices], key
+    with torch.device('meta'):
+        outs = model.backbone(torch.empty(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == list(in_channels), key
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
@@ -123,6 +151,87 @@ def test_recipe_settings(name):
             assert not head.reg_class_agnostic
             assert (head.loss_bbox.type, head.loss_bbox.loss_weight) == ('GIoULoss', 10.0)
             assert head.bbox_coder.target_stds == stds
+
+
+def test_every_v2_recipe_has_a_config():
+    assert set(V2_RECIPES) <= set(CONFIGS)
+    assert set(V2_RECIPES) == {n for n in CONFIGS if n.startswith('mask_rcnn_convnext_v2_')}
+
+
+@pytest.mark.parametrize('name', sorted(V2_RECIPES))
+def test_v2_parameter_count(name):
+    expected = V2_RECIPES[name][3]
+    model = build_on_meta(load(name))
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(count - expected) < 0.001, f'{name}: {count:.3f}M parameters, expected {expected}M'
+    # V2 blocks: GRN gamma/beta of shape (1, 1, 1, 4 * dim), no layer-scale gamma
+    block = model.backbone.stages[2][0]
+    assert block.gamma is None
+    assert block.grn.gamma.shape == (1, 1, 1, 4 * model.backbone.dims[2])
+
+
+@pytest.mark.parametrize('name', sorted(V2_RECIPES))
+def test_v2_recipe_settings(name):
+    arch, drop_path, num_layers, _, paper = V2_RECIPES[name]
+    cfg = load(name)
+    header = open(osp.join(CONFIG_DIR, name)).read().split('\n_base_')[0]
+    if paper is not None:  # the paper's numbers are in the header
+        assert f'box AP {paper[0]}, mask AP {paper[1]}' in header
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == \
+        ('convnext_dense.ConvNeXt', arch, drop_path)
+    assert backbone.layer_scale_init_value == 0.0
+    assert backbone.init_cfg.checkpoint == (
+        'https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/'
+        f'convnextv2_{arch[3:]}_1k_224_ema.pt')
+    wrapper = cfg.optim_wrapper
+    assert wrapper.type == 'AmpOptimWrapper'
+    assert wrapper.constructor == 'convnext_dense.LearningRateDecayOptimizerConstructor'
+    assert dict(wrapper.optimizer) == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999),
+                                           weight_decay=0.05)
+    # no grn_weight_decay key: GRN gamma/beta are exempt from weight decay by default
+    assert dict(wrapper.paramwise_cfg) == dict(decay_rate=0.95, decay_type='layer_wise',
+                                               num_layers=num_layers)
+    assert cfg.model.type == 'MaskRCNN'
+    assert cfg.model.roi_head.bbox_head.type == 'Shared2FCBBoxHead'
+    # 3x = 36 epochs, 32 images per batch (8 GPUs x 4)
+    assert cfg.train_cfg.max_epochs == 36
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.end, steps.milestones, steps.end) == (500, [27, 33], 36)
+    assert cfg.train_dataloader.batch_size * 8 == 32 == cfg.auto_scale_lr.base_batch_size
+    # large-scale jittering: 1024x1024, scale range 0.1..2.0, flip
+    pipeline = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}
+    assert tuple(pipeline['RandomResize'].scale) == (1024, 1024)
+    assert tuple(pipeline['RandomResize'].ratio_range) == (0.1, 2.0)
+    assert tuple(pipeline['RandomCrop'].crop_size) == (1024, 1024)
+    assert pipeline['RandomFlip'].prob == 0.5
+    # single-scale test with soft-NMS on the final boxes
+    assert tuple(cfg.test_dataloader.dataset.pipeline[1].scale) == (1333, 800)
+    assert cfg.model.test_cfg.rcnn.nms.type == 'soft_nms'
+    assert cfg.model.test_cfg.rpn.nms.type == 'nms'
+
+
+def test_v2_recipe_exempts_grn_from_weight_decay():
+    """Built from the V2-T recipe: GRN gamma/beta at the block's lr with weight decay 0, the
+    block's 2-D weights at 0.05."""
+    from mmengine.optim import build_optim_wrapper
+    cfg = load('mask_rcnn_convnext_v2_t_coco.py')
+    model = build_on_meta(cfg)
+    wrapper_cfg = cfg.optim_wrapper
+    wrapper_cfg.type = 'OptimWrapper'  # AmpOptimWrapper needs a GPU to be built
+    wrapper_cfg.pop('loss_scale')
+    optimizer = build_optim_wrapper(model, wrapper_cfg).optimizer
+    group_of = {id(p): g for g in optimizer.param_groups for p in g['params']}
+    params = dict(model.named_parameters())
+    grn = [n for n in params if '.grn.' in n]
+    assert len(grn) == 2 * 18  # 3 + 3 + 9 + 3 blocks
+    for name in grn:
+        assert group_of[id(params[name])]['weight_decay'] == 0.0, name
+    for name, scale in (('backbone.stages.2.4.grn.beta', 0.95 ** 3),
+                        ('backbone.stages.2.4.pwconv1.weight', 0.95 ** 3),
+                        ('backbone.stages.0.1.grn.gamma', 0.95 ** 6)):
+        assert group_of[id(params[name])]['lr'] == pytest.approx(1e-4 * scale, rel=1e-12)
+    assert group_of[id(params['backbone.stages.2.4.pwconv1.weight'])]['weight_decay'] == 0.05
 
 
 def test_layer_decay_reaches_the_detector():

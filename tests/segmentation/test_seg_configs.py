@@ -22,6 +22,25 @@ RECIPES = {
     'upernet_convnext_xl_640_160k_in22k_ade20k.py': ('xlarge', 0.4, 8e-5, 12, 640, False, 391.14),
 }
 
+# ConvNeXt V2 UperNet 160k, the paper's ADE20K recipe (arXiv 2301.00808, Appendix A.4; sources
+# and the choices it leaves open in each config's header).
+# name: (arch, crop, checkpoint, num_layers, params in M measured here, paper (Table 7)
+#        multi-scale mIoU and params in M; V2-T: not in the paper); all lr 1e-4, stage_wise
+#        decay 0.9, drop path 0.4, AMP
+V2_IM1K = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_{}_1k_224_ema.pt'
+V2_IM22K = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/im22k/convnextv2_{}_22k_384_ema.pt'
+V2_RECIPES = {
+    'upernet_convnext_v2_t_512_160k_ade20k.py': ('v2-tiny', 512, V2_IM1K, 6, 60.289, None),
+    'upernet_convnext_v2_b_512_160k_ade20k.py': ('v2-base', 512, V2_IM1K, 12, 122.229,
+                                                 (52.1, 122)),
+    'upernet_convnext_v2_l_512_160k_ade20k.py': ('v2-large', 512, V2_IM1K, 12, 235.184,
+                                                 (53.7, 235)),
+    'upernet_convnext_v2_h_512_160k_ade20k.py': ('v2-huge', 512, V2_IM1K, 12, 706.807,
+                                                 (55.0, 707)),
+    'upernet_convnext_v2_h_640_160k_in22k_ade20k.py': ('v2-huge', 640, V2_IM22K, 12, 706.807,
+                                                       (57.0, 707)),
+}
+
 
 def load(name: str) -> Config:
     return Config.fromfile(osp.join(CONFIG_DIR, name))
@@ -39,6 +58,19 @@ def test_every_recipe_has_a_config():
     assert set(RECIPES) <= set(CONFIGS), sorted(set(RECIPES) - set(CONFIGS))
 
 
+def expected_in_channels(head_cfg, channels):
+    """What a head reading the maps ``channels`` (one per backbone output) must take: the
+    maps its ``in_index`` picks (all of them when it has none)."""
+    index = head_cfg.get('in_index', list(range(len(channels))))
+    if isinstance(index, int):
+        return channels[index]
+    return [channels[i] for i in index]
+
+
+def as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds(name):
     cfg = load(name)
@@ -47,9 +79,24 @@ def test_config_builds(name):
     model = build_on_meta(cfg)
     assert type(model).__name__ == 'EncoderDecoder'
     assert isinstance(model.backbone, convnext_dense.ConvNeXt)
-    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader', 'tta_pipeline',
-                'tta_model', 'optim_wrapper', 'param_scheduler'):
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader', 'optim_wrapper',
+                'param_scheduler'):
         assert key in cfg, f'{name} lacks {key}'
+    if name.startswith(('upernet', 'demo_upernet')) or 'tta_model' in cfg:
+        assert 'tta_pipeline' in cfg and 'tta_model' in cfg, f'{name}: tta_pipeline + tta_model'
+    # whatever reads the backbone (a neck, else the decode and auxiliary heads) takes exactly
+    # the channels of the maps it outputs
+    out_indices = tuple(model.backbone.out_indices)
+    channels = [model.backbone.dims[i] for i in out_indices]
+    with torch.device('meta'):
+        outs = model.backbone(torch.empty(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == channels
+    if cfg.model.get('neck') is not None:
+        assert as_list(cfg.model.neck.in_channels) == channels
+        return
+    aux = cfg.model.get('auxiliary_head') or []
+    for head in [cfg.model.decode_head] + (list(aux) if isinstance(aux, list) else [aux]):
+        assert as_list(head.in_channels) == expected_in_channels(head, channels), head.type
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
@@ -124,3 +171,61 @@ def test_schedule_is_the_official_poly_with_warmup():
             scheduler.step()
     for t in (0, 1, 2, 750, 1499, 1500, 1501, 3000):
         assert seen[t] == pytest.approx(official(t), rel=1e-9, abs=1e-15), t
+
+
+def test_every_v2_recipe_has_a_config():
+    assert set(V2_RECIPES) <= set(CONFIGS)
+    assert set(V2_RECIPES) == {n for n in CONFIGS if n.startswith('upernet_convnext_v2_')}
+
+
+@pytest.mark.parametrize('name', sorted(V2_RECIPES))
+def test_v2_parameter_count(name):
+    expected, paper = V2_RECIPES[name][4], V2_RECIPES[name][5]
+    model = build_on_meta(load(name))
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(count - expected) < 0.001, f'{name}: {count:.3f}M parameters, expected {expected}M'
+    if paper is not None:  # the paper rounds to 1M
+        assert abs(count - paper[1]) < 0.5, f'{name}: {count:.3f}M, paper {paper[1]}M'
+    block = model.backbone.stages[3][0]  # V2: GRN (1, 1, 1, 4 * dim), no layer-scale gamma
+    assert block.gamma is None
+    assert block.grn.beta.shape == (1, 1, 1, 4 * model.backbone.dims[3])
+
+
+@pytest.mark.parametrize('name', sorted(V2_RECIPES))
+def test_v2_recipe_settings(name):
+    arch, crop, checkpoint, num_layers, _, paper = V2_RECIPES[name]
+    cfg = load(name)
+    header = open(osp.join(CONFIG_DIR, name)).read().split('\n_base_')[0]
+    if paper is not None:  # the paper's number is in the header
+        assert f'multi-scale mIoU {paper[0]}' in header
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == \
+        ('convnext_dense.ConvNeXt', arch, 0.4)
+    assert backbone.layer_scale_init_value == 0.0
+    assert backbone.init_cfg.checkpoint == checkpoint.format(arch[3:])
+    head, aux = cfg.model.decode_head, cfg.model.auxiliary_head
+    assert head.type == 'UPerHead' and list(head.in_index) == [0, 1, 2, 3]
+    assert aux.type == 'FCNHead' and aux.in_index == 2 and aux.loss_decode.loss_weight == 0.4
+    assert head.num_classes == aux.num_classes == 150
+    wrapper = cfg.optim_wrapper
+    assert wrapper.type == 'AmpOptimWrapper'
+    assert wrapper.constructor == 'convnext_dense.LearningRateDecayOptimizerConstructor'
+    assert (wrapper.optimizer.type, wrapper.optimizer.lr, wrapper.optimizer.weight_decay) == \
+        ('AdamW', 1e-4, 0.05)
+    # no grn_weight_decay key: GRN gamma/beta are exempt from weight decay by default
+    assert dict(wrapper.paramwise_cfg) == dict(decay_rate=0.9, decay_type='stage_wise',
+                                               num_layers=num_layers)
+    assert cfg.train_cfg.max_iters == 160000
+    assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
+    assert tuple(cfg.crop_size) == (crop, crop)
+    assert tuple(cfg.model.test_cfg.stride) == ((341, 341) if crop == 512 else (426, 426))
+    resize = cfg.train_dataloader.dataset.pipeline[2]
+    assert tuple(resize.scale) == (4 * crop, crop) and tuple(resize.ratio_range) == (0.5, 2.0)
+    # the paper's multi-scale test: 0.75 .. 1.25 of 2048x512 (x 1.25 at crop 640), plus flip
+    assert cfg.tta_test_cfg.mode == 'whole'
+    tta = cfg.tta_pipeline[1].transforms
+    assert [tuple(t.scale) for t in tta[0]] == [
+        (int(4 * crop * r), int(crop * r)) for r in (0.75, 0.875, 1.0, 1.125, 1.25)]
+    assert [t.prob for t in tta[1]] == [0.0, 1.0]
+    v1 = load('upernet_convnext_t_512_160k_ade20k.py')  # the same schedule as V1
+    assert cfg.param_scheduler == v1.param_scheduler
