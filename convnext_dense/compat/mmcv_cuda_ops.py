@@ -12,7 +12,9 @@ attribute, in the modules listed in :data:`ROUTES` only, by a :class:`RoutedExte
 routed function runs for CUDA tensors and the compiled one for tensors on any other device;
 every other attribute is the compiled module's own. The routed functions take the compiled
 functions' arguments and write into the buffers mmcv passes, as the kernels do, with the same
-numbers (tests/compat/test_mmcv_cuda_ops.py compares them with mmcv's CPU kernels):
+numbers (tests/compat/test_mmcv_cuda_ops.py compares them with mmcv's CPU kernels; the
+deformable attention and the focal loss, which have none there, with mmcv's PyTorch path and
+explicit loops, and with mmdet's own focal loss):
 
 - ``mmcv.ops.roi_align``: ``roi_align_forward`` / ``roi_align_backward`` run torchvision's
   RoIAlign kernels (``torch.ops.torchvision.roi_align`` / ``_roi_align_backward``), computing
@@ -24,10 +26,28 @@ numbers (tests/compat/test_mmcv_cuda_ops.py compares them with mmcv's CPU kernel
   of mmcv's CPU kernel (sorted on the CPU, so that equal scores come in the same order). This
   covers ``nms``, ``batched_nms`` (RPN proposals) and mmdet's ``multiclass_nms`` (test-time
   boxes), which all call it.
+- ``mmcv.ops.multi_scale_deform_attn``: ``ms_deform_attn_forward`` runs mmcv's own
+  ``multi_scale_deformable_attn_pytorch`` (``grid_sample``: bilinear, zeros outside the map,
+  ``align_corners=False``: the kernel's sampling), ``ms_deform_attn_backward`` its gradients by
+  torch.autograd on the recomputed forward, in float32 for float16 / bfloat16 tensors. This
+  covers ``MultiScaleDeformableAttention``, which runs ``MultiScaleDeformableAttnFunction``
+  for every CUDA ``value`` (the Mask2Former pixel decoder, the DINO encoder and decoder). As
+  with the kernel, the function keeps only its inputs for the backward; the recomputation
+  holds one layer's sampled values (bs * num_heads * head_dims * num_queries * num_levels *
+  num_points) for a moment, and it is slower than the kernel (not measured). The one
+  difference: a sample exactly one pixel outside the map (``x * w - 0.5 == -1``) has no
+  location gradient in the kernel and one in ``grid_sample``.
+- ``mmcv.ops.focal_loss``: ``sigmoid_focal_loss_forward`` / ``_backward`` compute the kernels'
+  element-wise loss and its closed-form derivative with torch operations, in float32 for
+  float16 / bfloat16 tensors. mmdet's ``FocalLoss`` (DINO's classification loss) calls mmcv's
+  ``sigmoid_focal_loss`` for CUDA logits with class-index targets.
 
-These are all the mmcv ops that the detection recipes in configs/ reach in training and testing
-(Cascade Mask R-CNN / Mask R-CNN: RPN, RoI extractors, mask targets, NMS); the segmentation
-recipes (UPerHead, FCNHead, cross-entropy, SyncBN, which is torch's) reach none.
+Checked against mmcv 2.1.0 (the ext functions' arguments and buffers, and the kernels in
+mmcv/ops/csrc). These are all the mmcv ops that the recipes in configs/ reach in training and
+testing: Cascade Mask R-CNN / Mask R-CNN (RPN, RoI extractors, mask targets, NMS), Mask2Former
+(deformable attention; its point sampling is ``grid_sample``), DINO (deformable attention,
+focal loss); the UperNet recipes (UPerHead, FCNHead, cross-entropy, SyncBN, which is torch's)
+reach none.
 
 :func:`apply` changes nothing where mmcv was compiled with CUDA (its own kernels stay) or where
 torch sees no CUDA device (no CUDA tensor can reach an op). The routed functions work on any
@@ -35,7 +55,7 @@ device, so tests call them on CPU tensors.
 """
 import functools
 import importlib
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -109,11 +129,129 @@ def nms(boxes, scores, iou_threshold, offset) -> torch.Tensor:
         return order[torch.ops.torchvision.nms(boxes, ranks, threshold)]
 
 
+def _level_shapes(spatial_shapes, level_start_index, num_keys: int) -> List[Tuple[int, int]]:
+    """The (h, w) of each level as ints, checked against ``level_start_index`` and the number
+    of keys (the kernel reads each level at its start index; mmcv's PyTorch path splits the
+    keys by h * w, so the two agree only where the starts are the running sums)."""
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    starts = [int(s) for s in level_start_index.tolist()]
+    sizes = [h * w for h, w in shapes]
+    running = [sum(sizes[:i]) for i in range(len(sizes))]
+    if starts != running or sum(sizes) != num_keys:
+        raise ValueError(
+            f'MultiScaleDeformableAttention: spatial_shapes {shapes} (h, w per level) give '
+            f'{sum(sizes)} keys starting at {running}, but value has {num_keys} keys and '
+            f'level_start_index is {starts}; pass the levels\' shapes in the order value '
+            'concatenates them, and level_start_index = cat([0], (h * w).cumsum(0)[:-1]).')
+    return shapes
+
+
+def _ms_deform_attn(value, shapes, sampling_locations, attention_weights):
+    """mmcv's PyTorch multi-scale deformable attention in the compute dtype, autocast off:
+    (bs, num_queries, num_heads * head_dims)."""
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+    dtype = _compute_dtype(value)
+    with torch.autocast(value.device.type, enabled=False):
+        return multi_scale_deformable_attn_pytorch(
+            value.to(dtype), shapes, sampling_locations.to(dtype), attention_weights.to(dtype))
+
+
+def ms_deform_attn_forward(value, value_spatial_shapes, value_level_start_index,
+                           sampling_locations, attention_weights, im2col_step) -> torch.Tensor:
+    """``mmcv._ext.ms_deform_attn_forward`` through mmcv's PyTorch path: returns
+    (bs, num_queries, num_heads * head_dims) in ``value``'s dtype. ``value`` (bs, num_keys,
+    num_heads, head_dims) holds the levels' maps one after another (``value_spatial_shapes``
+    (num_levels, 2) as (h, w), starting at ``value_level_start_index``); each head samples each
+    level at ``sampling_locations`` (bs, num_queries, num_heads, num_levels, num_points, 2),
+    (x, y) in [0, 1] of the map's width / height, bilinearly with zeros outside the map (pixel
+    centres at (i + 0.5) / size, as the kernel and ``grid_sample(align_corners=False)``), and
+    sums the samples weighted by ``attention_weights`` (bs, num_queries, num_heads, num_levels,
+    num_points). ``im2col_step`` only splits the kernel's work over the batch: not used."""
+    shapes = _level_shapes(value_spatial_shapes, value_level_start_index, value.size(1))
+    return _ms_deform_attn(value, shapes, sampling_locations,
+                           attention_weights).to(value.dtype)
+
+
+def ms_deform_attn_backward(value, value_spatial_shapes, value_level_start_index,
+                            sampling_locations, attention_weights, grad_output, grad_value,
+                            grad_sampling_loc, grad_attn_weight, im2col_step) -> None:
+    """``mmcv._ext.ms_deform_attn_backward``: the gradients of :func:`ms_deform_attn_forward`
+    with respect to ``value``, ``sampling_locations`` and ``attention_weights`` for
+    ``grad_output`` (bs, num_queries, num_heads * head_dims), by torch.autograd through the
+    recomputed forward, added into ``grad_value``, ``grad_sampling_loc`` and
+    ``grad_attn_weight`` (the buffers mmcv passes, zeros of the inputs' shapes and dtype; the
+    kernel adds into the first and, depending on head_dims, adds into or writes the others,
+    which is the same on zeros)."""
+    shapes = _level_shapes(value_spatial_shapes, value_level_start_index, value.size(1))
+    dtype = _compute_dtype(value)
+    with torch.enable_grad():  # mmcv's backward is once_differentiable: grad mode is off
+        inputs = [t.detach().to(dtype).requires_grad_()
+                  for t in (value, sampling_locations, attention_weights)]
+        output = _ms_deform_attn(inputs[0], shapes, *inputs[1:])
+        grads = torch.autograd.grad(output, inputs, grad_output.to(dtype))
+    for buffer, grad in zip((grad_value, grad_sampling_loc, grad_attn_weight), grads):
+        buffer.add_(grad.to(buffer.dtype))
+
+
+_FLT_MIN = torch.finfo(torch.float32).tiny  # the kernels clamp p and 1 - p to C's FLT_MIN
+
+
+def _focal_parts(input, target, weight):
+    """For (N, C) logits and (N,) class indices (C: background): whether each entry is its
+    row's class, p = sigmoid(x), log p and log(1 - p) clamped as the kernels do, and each row's
+    class weight (None without weights), in the compute dtype."""
+    x = input.to(_compute_dtype(input))
+    num_classes = x.size(1)
+    positive = target[:, None] == torch.arange(num_classes, device=x.device)
+    p = torch.sigmoid(x)
+    log_p, log_q = p.clamp_min(_FLT_MIN).log(), (1 - p).clamp_min(_FLT_MIN).log()
+    row_weight = None
+    if weight.numel():
+        if len(target) and int(target.max()) >= num_classes:
+            raise ValueError(
+                f'sigmoid_focal_loss: class weights ({weight.numel()}) need every target below '
+                f'the {num_classes} classes, but a target is {int(target.max())} (background); '
+                'weight the rows after the loss instead, as mmdet does.')
+        row_weight = weight.to(x.dtype)[target][:, None]
+    return positive, p, log_p, log_q, row_weight
+
+
+def sigmoid_focal_loss_forward(input, target, weight, output, gamma, alpha) -> None:
+    """``mmcv._ext.sigmoid_focal_loss_forward``: writes into ``output`` (N, C) the focal loss of
+    each logit of ``input`` (N, C) for the class indices ``target`` (N,): -alpha (1 - p)^gamma
+    log p for a row's own class, -(1 - alpha) p^gamma log(1 - p) for the others, times
+    ``weight[target]`` where ``weight`` (C,) is not empty."""
+    with torch.autocast(input.device.type, enabled=False):
+        positive, p, log_p, log_q, row_weight = _focal_parts(input, target, weight)
+        loss = torch.where(positive, -alpha * (1 - p).pow(gamma) * log_p,
+                           -(1 - alpha) * p.pow(gamma) * log_q)
+        if row_weight is not None:
+            loss = loss * row_weight
+    output.copy_(loss)
+
+
+def sigmoid_focal_loss_backward(input, target, weight, grad_input, gamma, alpha) -> None:
+    """``mmcv._ext.sigmoid_focal_loss_backward``: writes into ``grad_input`` (N, C) the
+    derivative of each entry of :func:`sigmoid_focal_loss_forward` with respect to its logit
+    (mmcv then multiplies it by the output gradient), by the kernel's closed form."""
+    with torch.autocast(input.device.type, enabled=False):
+        positive, p, log_p, log_q, row_weight = _focal_parts(input, target, weight)
+        grad = torch.where(positive, -alpha * (1 - p).pow(gamma) * (1 - p - gamma * p * log_p),
+                           -(1 - alpha) * p.pow(gamma) * (gamma * (1 - p) * log_q - p))
+        if row_weight is not None:
+            grad = grad * row_weight
+    grad_input.copy_(grad)
+
+
 # mmcv.ops module -> the ext functions it calls that we route
 ROUTES: Dict[str, Dict[str, Callable]] = {
     'mmcv.ops.roi_align': dict(roi_align_forward=roi_align_forward,
                                roi_align_backward=roi_align_backward),
     'mmcv.ops.nms': dict(nms=nms),
+    'mmcv.ops.multi_scale_deform_attn': dict(ms_deform_attn_forward=ms_deform_attn_forward,
+                                             ms_deform_attn_backward=ms_deform_attn_backward),
+    'mmcv.ops.focal_loss': dict(sigmoid_focal_loss_forward=sigmoid_focal_loss_forward,
+                                sigmoid_focal_loss_backward=sigmoid_focal_loss_backward),
 }
 
 

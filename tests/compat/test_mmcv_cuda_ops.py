@@ -1,8 +1,11 @@
 """convnext_dense.compat.mmcv_cuda_ops: the functions it routes CUDA tensors to give mmcv's
-numbers. Compared on CPU tensors with mmcv's own compiled CPU kernels, called directly and
+numbers. Compared on CPU tensors with mmcv's own compiled CPU kernels (deformable attention
+and focal loss, which have none: with mmcv's PyTorch path and explicit loops, and with mmdet's
+focal loss), called directly and
 through mmcv's ops (a RoutedExtension that routes CPU tensors stands in), and apply() changes
 nothing where it is not needed. The same checks on CUDA tensors: tests/cuda/test_cuda_ops.py."""
 import importlib
+import math
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ def exact(actual, expected):
 
 @pytest.fixture
 def routed_on_cpu(monkeypatch):
-    """mmcv.ops.roi_align / mmcv.ops.nms with their ext_module routed for CPU tensors."""
+    """The mmcv.ops modules of ROUTES with their ext_module routed for CPU tensors."""
     for name, routes in mmcv_cuda_ops.ROUTES.items():
         module = importlib.import_module(name)
         monkeypatch.setattr(module, 'ext_module',
@@ -252,6 +255,305 @@ def test_nms_and_batched_nms_through_mmcv_and_mmdet(routed_on_cpu, monkeypatch):
     for routed_result, mmcv_result in zip(routed_results, run()):
         for a, b in zip(routed_result, mmcv_result):
             exact(a, b)
+
+
+# ---------------------------------------------------------------------- deformable attention
+msda_module = importlib.import_module('mmcv.ops.multi_scale_deform_attn')
+LEVELS = [(3, 5), (2, 3)]  # (h, w) of the two levels
+
+
+def msda_inputs(dtype=torch.float32, seed=0):
+    """value (2, 21, 3 heads, 4), level shapes and starts, sampling locations in
+    [-0.3, 1.3) (2, 4 queries, 3 heads, 2 levels, 2 points, 2), attention weights."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor(LEVELS)
+    starts = torch.tensor([0, LEVELS[0][0] * LEVELS[0][1]])
+    value = torch.randn(2, sum(h * w for h, w in LEVELS), 3, 4, generator=g, dtype=dtype)
+    locations = (torch.rand(2, 4, 3, 2, 2, 2, generator=g, dtype=dtype) * 1.6 - 0.3)
+    weights = torch.rand(2, 4, 3, 2, 2, generator=g, dtype=dtype)
+    return value, shapes, starts, locations, weights
+
+
+def naive_ms_deform_attn(value, locations, weights, shift=0.5):
+    """Explicit loops: each (batch, query, head, level, point) reads the level's map at pixel
+    (x * w - shift, y * h - shift) bilinearly from its four neighbours, a neighbour outside the
+    map counting zero, and adds it times its weight; differentiable by autograd."""
+    bs, _, heads, dims = value.shape
+    queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    rows = []
+    for b in range(bs):
+        for q in range(queries):
+            per_head = []
+            for m in range(heads):
+                acc = value.new_zeros(dims)
+                start = 0
+                for level, (h, w) in enumerate(LEVELS[:levels]):
+                    for p in range(points):
+                        x = locations[b, q, m, level, p, 0] * w - shift
+                        y = locations[b, q, m, level, p, 1] * h - shift
+                        x0, y0 = math.floor(x.item()), math.floor(y.item())
+                        lx, ly = x - x0, y - y0
+                        for dy, wy in ((0, 1 - ly), (1, ly)):
+                            for dx, wx in ((0, 1 - lx), (1, lx)):
+                                yy, xx = y0 + dy, x0 + dx
+                                if 0 <= yy < h and 0 <= xx < w:
+                                    acc = acc + (weights[b, q, m, level, p] * wy * wx
+                                                 * value[b, start + yy * w + xx, m])
+                    start += h * w
+                per_head.append(acc)
+            rows.append(torch.cat(per_head))
+    return torch.stack(rows).view(bs, queries, heads * dims)
+
+
+def msda_backward(function, value, shapes, starts, locations, weights, grad_output,
+                  fill=0.0):
+    buffers = [torch.full_like(t, fill) for t in (value, locations, weights)]
+    function(value, shapes, starts, locations, weights, grad_output, *buffers, im2col_step=64)
+    return buffers
+
+
+def autograd_of(function, value, locations, weights, grad_output):
+    inputs = [t.clone().requires_grad_() for t in (value, locations, weights)]
+    output = function(*inputs)
+    return output.detach(), torch.autograd.grad(output, inputs, grad_output)
+
+
+def test_ms_deform_attn_test_case_samples_inside_across_and_outside_the_maps():
+    _, _, _, locations, _ = msda_inputs()
+    pixels = [locations[:, :, :, level] * torch.tensor([w, h]) - 0.5
+              for level, (h, w) in enumerate(LEVELS)]
+    sizes = [torch.tensor([w, h]) for h, w in LEVELS]
+    inside = torch.cat([((p >= 0) & (p <= s - 1)).all(-1).flatten() for p, s in
+                        zip(pixels, sizes)])
+    outside = torch.cat([((p <= -1) | (p >= s)).any(-1).flatten() for p, s in
+                         zip(pixels, sizes)])
+    assert inside.sum() >= 10 and outside.sum() >= 10 and (~inside & ~outside).sum() >= 10
+
+
+def test_ms_deform_attn_forward_equals_pytorch_path_and_loops():
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+    value, shapes, starts, locations, weights = msda_inputs()
+    out = mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, starts, locations, weights,
+                                               im2col_step=64)
+    assert out.shape == (2, 4, 12) and out.dtype == torch.float32
+    exact(out, multi_scale_deformable_attn_pytorch(value, shapes, locations, weights))
+    # the loops in float64: half-pixel centres, zeros outside
+    value, shapes, starts, locations, weights = msda_inputs(torch.float64)
+    out = mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, starts, locations, weights, 64)
+    expected = naive_ms_deform_attn(value, locations, weights)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # which a wrong convention (pixel corners at i / size) would miss by far
+    assert (out - naive_ms_deform_attn(value, locations, weights, shift=0.0)).abs().max() > 0.3
+
+
+def test_ms_deform_attn_backward_equals_autograd_and_loops():
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+    for dtype, tol in ((torch.float32, 0), (torch.float64, 1e-12)):
+        value, shapes, starts, locations, weights = msda_inputs(dtype)
+        grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3),
+                                  dtype=dtype)
+        grads = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+                              locations, weights, grad_output)
+        _, expected = autograd_of(
+            lambda v, l, w: multi_scale_deformable_attn_pytorch(v, shapes, l, w),
+            value, locations, weights, grad_output)
+        for grad, want in zip(grads, expected):
+            assert grad.dtype == dtype and want.abs().max() > 0.1
+            torch.testing.assert_close(grad, want, rtol=tol, atol=tol)
+        if dtype == torch.float64:
+            _, looped = autograd_of(naive_ms_deform_attn, value, locations, weights,
+                                    grad_output)
+            for grad, want in zip(grads, looped):
+                torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-12)
+            # samples entirely outside a map: no gradient for their location
+            pixels = locations[:, :, :, 1] * torch.tensor([3, 2]) - 0.5
+            outside = ((pixels <= -1) | (pixels >= torch.tensor([3, 2]))).any(-1)
+            assert outside.any() and (grads[1][:, :, :, 1][outside] == 0).all()
+
+
+def test_ms_deform_attn_backward_adds_into_the_buffers():
+    value, shapes, starts, locations, weights = msda_inputs()
+    grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3))
+    once = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+                         locations, weights, grad_output)
+    onto_ones = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+                              locations, weights, grad_output, fill=1.0)
+    for grad, added in zip(once, onto_ones):
+        exact(added, grad + 1)
+
+
+def test_ms_deform_attn_half_precision_computes_in_float32():
+    """float16 / bfloat16 inputs (AMP: mmcv casts the locations and weights to value's dtype)
+    are computed in float32 and written back rounded once."""
+    for dtype in (torch.float16, torch.bfloat16):
+        value, shapes, starts, locations, weights = (t.to(dtype) if t.is_floating_point() else t
+                                                     for t in msda_inputs())
+        grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3)).to(dtype)
+        as_float = [t.float() for t in (value, locations, weights)]
+        out = mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, starts, locations, weights,
+                                                   64)
+        assert out.dtype == dtype
+        exact(out, mmcv_cuda_ops.ms_deform_attn_forward(
+            as_float[0], shapes, starts, *as_float[1:], 64).to(dtype))
+        grads = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+                              locations, weights, grad_output)
+        expected = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, as_float[0], shapes,
+                                 starts, *as_float[1:], grad_output.float())
+        for grad, want in zip(grads, expected):
+            assert grad.dtype == dtype
+            exact(grad, want.to(dtype))
+
+
+def test_ms_deform_attn_refuses_inconsistent_level_starts():
+    value, shapes, _, locations, weights = msda_inputs()
+    with pytest.raises(ValueError, match=r'level_start_index is \[0, 10\].*cumsum'):
+        mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, torch.tensor([0, 10]), locations,
+                                             weights, 64)
+    with pytest.raises(ValueError, match=r'21 keys.*value has 20 keys'):
+        mmcv_cuda_ops.ms_deform_attn_backward(
+            value[:, :20], shapes, torch.tensor([0, 15]), locations, weights,
+            torch.zeros(2, 4, 12), torch.zeros(2, 20, 3, 4), torch.zeros_like(locations),
+            torch.zeros_like(weights), 64)
+
+
+def test_ms_deform_attn_function_goes_through_the_route(routed_on_cpu, monkeypatch):
+    """mmcv's MultiScaleDeformableAttnFunction (what MultiScaleDeformableAttention runs for a
+    CUDA value) reaches the routed forward and backward, and gives the output and the three
+    gradients of mmcv's PyTorch path."""
+    from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
+                                                  multi_scale_deformable_attn_pytorch)
+    calls = []
+    routed = msda_module.ext_module
+    for name in ('ms_deform_attn_forward', 'ms_deform_attn_backward'):
+        function = getattr(routed, name)
+        monkeypatch.setattr(routed, name, lambda *a, _f=function, _n=name, **k: (
+            calls.append(_n), _f(*a, **k))[1])
+    value, shapes, starts, locations, weights = msda_inputs()
+    grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3))
+    out, grads = autograd_of(
+        lambda v, l, w: MultiScaleDeformableAttnFunction.apply(v, shapes, starts, l, w, 64),
+        value, locations, weights, grad_output)
+    assert calls == ['ms_deform_attn_forward', 'ms_deform_attn_backward']
+    expected_out, expected_grads = autograd_of(
+        lambda v, l, w: multi_scale_deformable_attn_pytorch(v, shapes, l, w),
+        value, locations, weights, grad_output)
+    exact(out, expected_out)
+    for grad, want in zip(grads, expected_grads):
+        exact(grad, want)
+
+
+# ------------------------------------------------------------------------------ focal loss
+focal_module = importlib.import_module('mmcv.ops.focal_loss')
+
+
+def logits_and_targets(dtype=torch.float32):
+    """(40, 5) logits in [-8, 8) and class indices 0..5 (5: background)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.rand(40, 5, generator=g) * 16 - 8).to(dtype)
+    targets = torch.randint(0, 6, (40,), generator=g)
+    return logits, targets
+
+
+def focal_forward(input, target, weight=None, gamma=2.0, alpha=0.25):
+    output = torch.zeros_like(input)
+    weight = input.new_empty(0) if weight is None else weight
+    mmcv_cuda_ops.sigmoid_focal_loss_forward(input, target, weight, output, gamma=gamma,
+                                             alpha=alpha)
+    return output
+
+
+def focal_backward(input, target, weight=None, gamma=2.0, alpha=0.25, fill=0.0):
+    grad_input = torch.full_like(input, fill)
+    weight = input.new_empty(0) if weight is None else weight
+    mmcv_cuda_ops.sigmoid_focal_loss_backward(input, target, weight, grad_input, gamma=gamma,
+                                              alpha=alpha)
+    return grad_input
+
+
+def mmdet_focal(logits, targets, gamma, alpha):
+    """mmdet's own focal loss on probabilities and one-hot targets (binary cross-entropy times
+    the focal weight), per element."""
+    from mmdet.models.losses.focal_loss import py_focal_loss_with_prob
+    return py_focal_loss_with_prob(logits.sigmoid(), targets, gamma=gamma, alpha=alpha,
+                                   reduction='none')
+
+
+@pytest.mark.parametrize('gamma,alpha', [(2.0, 0.25), (0.0, 0.5), (1.5, 0.75)])
+def test_sigmoid_focal_loss_equals_mmdet_focal_loss(gamma, alpha):
+    logits, targets = logits_and_targets(torch.float64)
+    loss = focal_forward(logits, targets, gamma=gamma, alpha=alpha)
+    leaf = logits.clone().requires_grad_()
+    expected = mmdet_focal(leaf, targets, gamma, alpha)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-9, atol=1e-12)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), leaf)
+    grad = focal_backward(logits, targets, gamma=gamma, alpha=alpha)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    assert expected_grad.abs().max() > 0.1 and (targets == 5).any()
+    # float32, as the recipes run it: 1 - p loses digits for large logits, as in the kernel
+    loss32 = focal_forward(logits.float(), targets, gamma=gamma, alpha=alpha)
+    torch.testing.assert_close(loss32, loss.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_sigmoid_focal_loss_clamps_as_the_kernel_and_weights_rows_by_class():
+    logits = torch.tensor([[-100.0, 100.0], [100.0, -100.0]])
+    targets = torch.tensor([0, 2])
+    loss = focal_forward(logits, targets)
+    log_tiny = math.log(torch.finfo(torch.float32).tiny)  # -87.34: log p clamped at FLT_MIN
+    torch.testing.assert_close(loss, torch.tensor([[-0.25 * log_tiny, -0.75 * log_tiny],
+                                                   [-0.75 * log_tiny, 0.0]]))
+    logits, targets = logits_and_targets()
+    targets = targets.clamp(max=4)
+    weight = torch.tensor([1.0, 2.0, 0.5, 0.0, 3.0])
+    exact(focal_forward(logits, targets, weight), focal_forward(logits, targets)
+          * weight[targets][:, None])
+    exact(focal_backward(logits, targets, weight), focal_backward(logits, targets)
+          * weight[targets][:, None])
+    with pytest.raises(ValueError, match='a target is 5 .background'):
+        focal_forward(logits, torch.full((40,), 5), weight)
+
+
+def test_sigmoid_focal_loss_writes_its_buffers_and_computes_half_in_float32():
+    logits, targets = logits_and_targets()
+    exact(focal_backward(logits, targets, fill=7.0), focal_backward(logits, targets))
+    output = torch.full_like(logits, 7.0)
+    mmcv_cuda_ops.sigmoid_focal_loss_forward(logits, targets, logits.new_empty(0), output,
+                                             2.0, 0.25)
+    exact(output, focal_forward(logits, targets))
+    for dtype in (torch.float16, torch.bfloat16):
+        half = logits.to(dtype)
+        loss, grad = focal_forward(half, targets), focal_backward(half, targets)
+        assert loss.dtype == grad.dtype == dtype
+        exact(loss, focal_forward(half.float(), targets).to(dtype))
+        exact(grad, focal_backward(half.float(), targets).to(dtype))
+
+
+def test_mmdet_sigmoid_focal_loss_goes_through_the_route(routed_on_cpu, monkeypatch):
+    """mmdet's sigmoid_focal_loss (what its FocalLoss runs for CUDA logits and class indices)
+    reaches the routed forward and backward and gives the loss and gradient of mmdet's
+    one-hot path, with per-row weights and an average factor."""
+    from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss, sigmoid_focal_loss
+    calls = []
+    routed = focal_module.ext_module
+    for name in ('sigmoid_focal_loss_forward', 'sigmoid_focal_loss_backward'):
+        function = getattr(routed, name)
+        monkeypatch.setattr(routed, name, lambda *a, _f=function, _n=name, **k: (
+            calls.append(_n), _f(*a, **k))[1])
+    logits, targets = logits_and_targets()
+    weight = torch.rand(40, generator=torch.Generator().manual_seed(1))
+    results = []
+    for function, target in ((sigmoid_focal_loss, targets),
+                             (py_sigmoid_focal_loss,
+                              torch.nn.functional.one_hot(targets, 6)[:, :5])):
+        leaf = logits.clone().requires_grad_()
+        loss = function(leaf, target, weight, gamma=2.0, alpha=0.25, reduction='mean',
+                        avg_factor=17.0)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    assert calls == ['sigmoid_focal_loss_forward', 'sigmoid_focal_loss_backward']
+    (loss, grad), (expected, expected_grad) = results
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    assert expected > 0.01
 
 
 # ------------------------------------------------------------------------------ dispatch

@@ -1,7 +1,8 @@
-"""mmcv's RoIAlign and NMS on CUDA tensors give the numbers of mmcv's CPU kernels: through
-mmcv's ops as the recipes call them (routed to torchvision by convnext_dense.compat.mmcv_cuda_ops
-where mmcv has no CUDA kernels, mmcv's own kernels where it has), and the routed functions
-themselves. Forward and backward, float32 and AMP dtypes."""
+"""mmcv's RoIAlign and NMS on CUDA tensors give the numbers of mmcv's CPU kernels, and its
+MultiScaleDeformableAttention those of its PyTorch path on the CPU: through mmcv's ops as the
+recipes call them (routed to torchvision and to mmcv's PyTorch path by
+convnext_dense.compat.mmcv_cuda_ops where mmcv has no CUDA kernels, mmcv's own kernels where it
+has), and the routed functions themselves. Forward and backward, float32 and AMP dtypes."""
 import importlib
 
 import numpy as np
@@ -199,3 +200,118 @@ def test_nms_on_half_precision_boxes():
         assert torch.equal(keep.cpu(), expected)
     else:
         assert len(set(keep.tolist()) ^ set(expected.tolist())) <= 2
+
+
+# ---------------------------------------------------------------------- deformable attention
+def _deformable_attention_case():
+    """mmcv's MultiScaleDeformableAttention (64 dims, 4 heads, 3 levels, 4 points) with its
+    offsets and attention logits moved off their init, so that samples fall across and outside
+    the maps and the weights are not uniform; inputs and an output gradient."""
+    from mmcv.ops import MultiScaleDeformableAttention
+    torch.manual_seed(0)
+    layer = MultiScaleDeformableAttention(embed_dims=64, num_heads=4, num_levels=3,
+                                          num_points=4, dropout=0.0, batch_first=True)
+    with torch.no_grad():
+        layer.sampling_offsets.weight.normal_(0, 0.5)
+        layer.attention_weights.weight.normal_(0, 0.5)
+    shapes = torch.tensor([[20, 30], [10, 15], [5, 8]])
+    sizes = shapes.prod(1)
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    inputs = dict(query=torch.randn(2, 50, 64), value=torch.randn(2, int(sizes.sum()), 64),
+                  reference_points=torch.rand(2, 50, 3, 2), spatial_shapes=shapes,
+                  level_start_index=starts)
+    return layer, inputs, torch.randn(2, 50, 64)
+
+
+def _run_deformable_attention(layer, inputs, grad, device, dtype=None):
+    import copy
+    layer = copy.deepcopy(layer).to(device)
+    inputs = {k: v.detach().to(device) for k, v in inputs.items()}  # new leaves
+    inputs['query'].requires_grad_()
+    inputs['value'].requires_grad_()
+    with torch.autocast(device, dtype=dtype or torch.float16, enabled=dtype is not None):
+        out = layer(**inputs)
+    out.float().backward(grad.to(device))
+    grads = {name: p.grad for name, p in layer.named_parameters()}
+    grads.update(query=inputs['query'].grad, value=inputs['value'].grad)
+    return out, grads
+
+
+def test_deformable_attention_on_cuda_equals_the_cpu_pytorch_path(monkeypatch):
+    """Forward and every gradient (query, value, the four projections) of
+    MultiScaleDeformableAttention on CUDA (mmcv's compiled Function: routed to mmcv's PyTorch
+    path where mmcv lacks CUDA kernels, mmcv's own kernel otherwise) equal the same layer on
+    the CPU (mmcv's PyTorch path)."""
+    module = importlib.import_module('mmcv.ops.multi_scale_deform_attn')
+    calls = []
+    if routed():
+        for name in ('ms_deform_attn_forward', 'ms_deform_attn_backward'):
+            function = getattr(module.ext_module, name)
+            monkeypatch.setattr(module.ext_module, name, lambda *a, _f=function, _n=name, **k: (
+                calls.append(_n), _f(*a, **k))[1])
+    layer, inputs, grad = _deformable_attention_case()
+    expected, expected_grads = _run_deformable_attention(layer, inputs, grad, 'cpu')
+    out, grads = _run_deformable_attention(layer, inputs, grad, CUDA)
+    if routed():
+        assert calls == ['ms_deform_attn_forward', 'ms_deform_attn_backward']
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-5)
+    for name, want in expected_grads.items():
+        assert want.abs().max() > 0, name
+        # sums over many samples, in another order (atomic adds in mmcv's kernel)
+        torch.testing.assert_close(grads[name].cpu(), want, rtol=1e-4,
+                                   atol=1e-4 * float(want.abs().max()), msg=name)
+
+
+def test_deformable_attention_under_fp16_and_bf16_autocast():
+    """As the AMP recipes call it: value comes in half precision out of the projection; the
+    output and the gradients of value and the projections stay within half-precision rounding
+    of the float32 CPU path (bfloat16 only where routed: mmcv's own kernel takes float16 but not
+    bfloat16). The offsets' and the query's gradients only finite: the offsets, rounded to half
+    precision, move samples across pixel borders where the bilinear slopes jump."""
+    layer, inputs, grad = _deformable_attention_case()
+    expected, expected_grads = _run_deformable_attention(layer, inputs, grad, 'cpu')
+    # the largest error over the largest value, measured with the same path on the CPU:
+    # output 2.4e-3 (fp16) / 2.0e-2 (bf16), gradients 6.6e-3 / 5.6e-2
+    for dtype, out_tol, grad_tol in ((torch.float16, 5e-3, 2e-2), (torch.bfloat16, 4e-2, 0.15)):
+        if dtype == torch.bfloat16 and not routed():
+            continue
+        out, grads = _run_deformable_attention(layer, inputs, grad, CUDA, dtype)
+        scale = float(expected.abs().max())
+        assert float((out.float().cpu() - expected).abs().max()) <= out_tol * scale, dtype
+        for name, want in expected_grads.items():
+            assert torch.isfinite(grads[name]).all(), name
+            if name == 'query' or name.startswith('sampling_offsets'):
+                continue
+            error = float((grads[name].float().cpu() - want).abs().max())
+            assert error <= grad_tol * float(want.abs().max()), (dtype, name, error)
+
+
+# ------------------------------------------------------------------------------ focal loss
+def test_mmdet_focal_loss_on_cuda_equals_cpu():
+    """mmdet's FocalLoss as DINO configures it: for CUDA logits and class indices it runs
+    mmcv's sigmoid_focal_loss (routed where mmcv lacks CUDA kernels), on the CPU mmdet's own
+    one-hot path. Loss and logit gradient, float32 and (where routed, computed in float32)
+    float16 logits; mmcv's own kernel computes in float16, where p of a logit above about 8.3
+    rounds to 1 and log(1 - p) to -inf."""
+    from mmdet.models.losses import FocalLoss
+    loss_fn = FocalLoss(use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(900, 80, generator=g) * 3
+    targets = torch.randint(0, 81, (900,), generator=g)  # 80: background
+    weights = torch.rand(900, generator=g)
+    results = []
+    runs = [('cpu', torch.float32), (CUDA, torch.float32)] + [(CUDA, torch.float16)] * routed()
+    for device, dtype in runs:
+        leaf = logits.detach().to(device, dtype).requires_grad_()  # a new leaf each time
+        loss = loss_fn(leaf, targets.to(device), weights.to(device), avg_factor=123.0)
+        loss.backward()
+        results.append((loss.detach().float().cpu(), leaf.grad.float().cpu()))
+    (expected, expected_grad), (loss, grad) = results[:2]
+    assert expected > 0.1 and expected_grad.abs().max() > 1e-4
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4,
+                               atol=1e-5 * float(expected_grad.abs().max()))
+    for half_loss, half_grad in results[2:]:  # the logits rounded to float16
+        torch.testing.assert_close(half_loss, expected, rtol=1e-2, atol=0)
+        torch.testing.assert_close(half_grad, expected_grad, rtol=1e-2,
+                                   atol=1e-2 * float(expected_grad.abs().max()))
