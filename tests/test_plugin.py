@@ -34,6 +34,8 @@ runner = importlib.import_module('mmengine.runner.runner')
 dist_utils = importlib.import_module('mmengine.dist.utils')
 roi_align = importlib.import_module('mmcv.ops.roi_align')
 nms = importlib.import_module('mmcv.ops.nms')
+msda = importlib.import_module('mmcv.ops.multi_scale_deform_attn')
+focal = importlib.import_module('mmcv.ops.focal_loss')
 
 
 class DefinedLater(BaseDataset):
@@ -61,9 +63,15 @@ objects = {
     'mmcv RoIAlign.forward': roi_align.RoIAlign.forward,
     'mmcv NMSop.apply': nms.NMSop.apply,
     "mmcv NMSop.__dict__['apply']": nms.NMSop.__dict__.get('apply'),
+    'mmcv MultiScaleDeformableAttention.forward': msda.MultiScaleDeformableAttention.forward,
+    'mmcv MultiScaleDeformableAttnFunction.forward':
+        msda.MultiScaleDeformableAttnFunction.forward,
+    'mmcv SigmoidFocalLossFunction.forward': focal.SigmoidFocalLossFunction.forward,
+    'mmcv ext_module of the routed ops': [type(m.ext_module).__name__
+                                          for m in (roi_align, nms, msda, focal)],
 }
-described = {name: obj if name == 'fileio prefixes' else describe(obj)
-             for name, obj in objects.items()}
+RAW = ('fileio prefixes', 'mmcv ext_module of the routed ops')  # plain values, not callables
+described = {name: obj if name in RAW else describe(obj) for name, obj in objects.items()}
 '''
 
 

@@ -6,7 +6,8 @@ them once. Everything else we add is a registered component that a config select
 
 - :mod:`.safe_checkpoint`: weights-only loading of mmengine's checkpoints, from files and URLs.
 - :mod:`.package_lookup`: mmengine's package lookup without ``pkg_resources``.
-- :mod:`.mmcv_cuda_ops`: mmcv's RoIAlign and NMS on CUDA tensors when mmcv has no CUDA kernels.
+- :mod:`.mmcv_cuda_ops`: mmcv's RoIAlign, NMS, MultiScaleDeformableAttention and sigmoid focal
+  loss on CUDA tensors when mmcv has no CUDA kernels.
 """
 import functools
 
