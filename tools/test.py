@@ -6,6 +6,10 @@
 
 Segmentation prints mIoU / mAcc / aAcc overall and IoU / Acc per class; detection prints the
 COCO metrics of the config's evaluator.
+
+CHECKPOINT may be an ONNX file of a segmentor (tools/deployment/export_onnx.py): it is then run
+with onnxruntime (convnext_dense.OnnxSegmentor) in place of the config's PyTorch model, with the
+config's data_preprocessor, test_cfg, dataloader and evaluator; no checkpoint is loaded.
 """
 import argparse
 import os.path as osp
@@ -17,7 +21,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and evaluate) a convnext_dense '
                                      'detection or segmentation checkpoint')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an exported segmentor '
+                        '(.onnx) to evaluate with onnxruntime')
     parser.add_argument('--out', help='detection: a .pkl file for the raw predictions; '
                         'segmentation: a directory for the predicted label maps (PNG)')
     parser.add_argument('--show-dir', help='write images with the predictions drawn here')
@@ -70,12 +75,32 @@ def _enable_tta(cfg, config_path: str) -> None:
     dataset.pipeline = cfg.tta_pipeline
 
 
+def _use_onnx_model(cfg, args) -> None:
+    """The config's model becomes convnext_dense.OnnxSegmentor running args.checkpoint."""
+    if args.fast:
+        raise ValueError(f'--fast applies to PyTorch models; {args.checkpoint} is an ONNX '
+                         f'file (run with onnxruntime). Drop --fast.')
+    if cfg.default_scope != 'mmseg':
+        raise ValueError(f'{args.checkpoint}: tools/test.py evaluates ONNX files of '
+                         f'segmentation configs only; {args.config} is a detection config '
+                         f'(see the Deployment section of README.md).')
+    from convnext_dense.deployment import onnx_model_config  # registers OnnxSegmentor
+    require_checkpoint(args.checkpoint, 'ONNX file',
+                       'export one with tools/deployment/export_onnx.py CONFIG CHECKPOINT '
+                       '--out FILE.onnx')
+    cfg.model = onnx_model_config(cfg.model, osp.abspath(args.checkpoint), args.config)
+    cfg.load_from = None
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
-    require_checkpoint(args.checkpoint, 'checkpoint',
-                       'give the path of a checkpoint file written by training this config')
-    cfg.load_from = args.checkpoint
+    if args.checkpoint.lower().endswith('.onnx'):
+        _use_onnx_model(cfg, args)
+    else:
+        require_checkpoint(args.checkpoint, 'checkpoint',
+                           'give the path of a checkpoint file written by training this config')
+        cfg.load_from = args.checkpoint
     if args.show_dir:
         _enable_show_dir(cfg, args.show_dir)
     if args.tta:

@@ -1,0 +1,108 @@
+"""Export a segmentor (whole-image logits) or a backbone to ONNX and check it with onnxruntime.
+
+    python tools/deployment/export_onnx.py CONFIG CHECKPOINT --out FILE.onnx
+        [--shape H W] [--dynamic] [--part {model,backbone,features}]
+        [--atol A] [--rtol R] [--benchmark ITERS] [--cfg-options KEY=VALUE ...] [--debug]
+
+CONFIG: a segmentation config (UperNet: --part model exports the logits, the default), a
+detection config (--part backbone or features; the whole detector does not export), or a
+bare-backbone config (``model = dict(type='convnext_dense.ConvNeXt', arch=...)``).
+The input of the ONNX file is the normalised image batch (N, 3, H, W) float32, as the config's
+data_preprocessor makes it. After the export the file is run with onnxruntime on the same
+random inputs as PyTorch (and, with --dynamic, on 2 images of another size); the maximum
+absolute differences are printed, and the tool fails (exit status 2) when one exceeds
+atol + rtol * max |PyTorch output|. --benchmark times PyTorch eager and onnxruntime on the CPU.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/ for _common
+from _common import add_debug_arg, load_config, require_checkpoint, run_tool  # noqa: E402
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Export a convnext_dense segmentor or '
+                                     'backbone to ONNX and check it with onnxruntime')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint of that config (for a bare-backbone '
+                        'config: any ConvNeXt checkpoint layout)')
+    parser.add_argument('--out', required=True, help='the ONNX file to write')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input height and width of the export (default: '
+                        "test_cfg.crop_size for sliding-window inference, else the "
+                        "data_preprocessor's size, else 512 512)")
+    parser.add_argument('--dynamic', action='store_true',
+                        help='symbolic batch, height and width (checked at another size too)')
+    parser.add_argument('--part', choices=['model', 'backbone', 'features'], default='model',
+                        help='model: the segmentor logits (default); backbone: the backbone '
+                        "maps; features: backbone + neck (a detector's FPN)")
+    parser.add_argument('--atol', type=float, default=1e-4,
+                        help='check tolerance: absolute part (default 1e-4)')
+    parser.add_argument('--rtol', type=float, default=1e-4,
+                        help='check tolerance: part relative to max |PyTorch output| '
+                        '(default 1e-4)')
+    parser.add_argument('--benchmark', type=int, default=0, metavar='ITERS',
+                        help='also time PyTorch eager and onnxruntime on the CPU (median of '
+                        'ITERS runs at the export shape, batch 1)')
+    parser.add_argument('--no-fallback', action='store_true', help='fail when the dynamo '
+                        'exporter fails instead of falling back to the TorchScript exporter')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.backbone.arch=small')
+    add_debug_arg(parser)
+    args = parser.parse_args(argv)
+    args.launcher, args.work_dir, args.local_rank = 'none', None, 0  # for load_config
+    return args
+
+
+def default_shape(cfg):
+    """(H, W) the config's network sees: the sliding-window crop, else the data
+    preprocessor's size, else 512x512."""
+    model = cfg.model
+    test_cfg = model.get('test_cfg') or {}
+    if test_cfg.get('mode') == 'slide' and test_cfg.get('crop_size'):
+        return tuple(test_cfg['crop_size'])
+    size = (model.get('data_preprocessor') or {}).get('size')
+    return tuple(size) if size else (512, 512)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args)
+    require_checkpoint(args.checkpoint, 'checkpoint', 'give the checkpoint of this config')
+    from convnext_dense.deployment import (benchmark, build_pytorch_model, check_inputs,
+                                           compare, export_module, export_onnx)
+    from convnext_dense.deployment.onnx_export import check_part
+    check_part(cfg, args.part)  # a detector's whole model: refused before it is built
+    shape = tuple(args.shape) if args.shape else default_shape(cfg)
+    model = build_pytorch_model(cfg, args.checkpoint)
+    module, output_names = export_module(cfg, model, args.part)
+    inputs = check_inputs(shape, args.dynamic)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    result = export_onnx(module, inputs[0], args.out, output_names, dynamic=args.dynamic,
+                         fallback=not args.no_fallback)
+    if result['fallback_reason']:
+        print(f'dynamo exporter failed ({result["fallback_reason"]}); fell back to the '
+              f'TorchScript exporter (dynamo=False, opset 17)')
+    print(f'exported {args.part} of {args.config} at {shape[0]}x{shape[1]}'
+          f'{" (dynamic batch/height/width)" if args.dynamic else ""} with the '
+          f'{result["exporter"]} exporter in {result["seconds"]:.1f} s: {args.out} '
+          f'({osp.getsize(args.out) / 2**20:.1f} MiB'
+          f'{" + weights in " + args.out + ".data" if result["external_data"] else ""})')
+    rows = compare(module, args.out, inputs, atol=args.atol, rtol=args.rtol)  # raises if off
+    print('onnxruntime vs PyTorch (max abs difference / tolerance):')
+    for row in rows:
+        print(f'  input {row["input"]} {row["output"]} {row["shape"]}: '
+              f'{row["max_abs_diff"]:.3g} / {row["tolerance"]:.3g}')
+    print(f'check passed: max abs difference {max(r["max_abs_diff"] for r in rows):.3g}')
+    if args.benchmark:
+        speed = benchmark(module, args.out, inputs[0], iters=args.benchmark)
+        print(f'CPU speed at 1x3x{shape[0]}x{shape[1]}, {speed["threads"]} thread(s): PyTorch '
+              f'eager {speed["pytorch_s"] * 1e3:.1f} ms, onnxruntime '
+              f'{speed["onnxruntime_s"] * 1e3:.1f} ms ({speed["speedup"]:.2f}x)')
+
+
+if __name__ == '__main__':
+    run_tool(main)
