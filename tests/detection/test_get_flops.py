@@ -1,4 +1,8 @@
-"""tools/analysis/get_flops.py lands within 2% of the paper's FLOPs and parameters."""
+"""tools/analysis/get_flops.py lands within 2% of the paper's FLOPs and parameters, and counts
+Mask2Former (mmdet and mmseg) and DINO as README.md's "Modern heads" table says."""
+import functools
+import importlib
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -18,6 +22,7 @@ def get_flops(config, *args):
         capture_output=True, text=True, env=env, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
+    assert 'Not counted (as in the paper): element-wise ops' in output
     flops = float(re.search(r'FLOPs: ([\d.]+) G', output).group(1))
     params = float(re.search(r'Params: ([\d.]+) M', output).group(1))
     shape = re.search(r'Input shape: \(3, (\d+), (\d+)\)', output).groups()
@@ -54,3 +59,62 @@ def test_flops_scale_with_the_input_and_the_model():
     assert f1 - f3 == pytest.approx(0.9 * box + 0.9 * mask, rel=0.02)
     dense1, dense2 = f1 - box - mask, f2 - box - mask  # image-dependent part
     assert dense2 / dense1 == pytest.approx(4.0, rel=0.05)
+
+
+@functools.lru_cache(maxsize=None)
+def _tool():
+    """tools/analysis/get_flops.py as a module."""
+    sys.path.insert(0, osp.join(REPO, 'tools'))  # its _common
+    spec = importlib.util.spec_from_file_location(
+        'get_flops', osp.join(REPO, 'tools', 'analysis', 'get_flops.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _complexity(config, shape):
+    """``get_flops.complexity`` in this process (exact integers, FLOPs per op) under the
+    config's scope, restored afterwards."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    cfg = Config.fromfile(osp.join(REPO, 'configs', config))
+    scope = cfg.default_scope
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope(scope):
+        return _tool().complexity(cfg, shape)
+
+
+# At (H, W) = (320, 256) the ConvNeXt maps at strides 8 / 16 / 32 have 40x32 + 20x16 + 10x8 =
+# 1680 positions (DINO adds a stride-64 map, 5x4: 1700). A deformable attention query samples
+# heads 8 x dims 32 x points 4 x levels values, each counted 4 (bilinear); Mask2Former's 9
+# masked cross-attention layers take 100 queries x 8 heads x 32 dims against levels 32, 16, 8
+# in turn (aten::baddbmm, b*n*k*m).
+SMALL = (320, 256)
+
+
+@pytest.mark.parametrize('config,params,flops', [
+    ('detection/mask2former_convnext_t_lsj_50e_coco.py', 47_722_417, 22_209_647_520),
+    ('segmentation/mask2former_convnext_t_512_160k_ade20k.py', 47_740_407, 22_227_567_520),
+])
+def test_mask2former_flops_at_a_small_shape(config, params, flops):
+    result = _complexity(config, SMALL)
+    ops = result['by_operator']
+    # pixel decoder: 6 deformable encoder layers over the 3 levels
+    assert ops['grid_sampler'] == 6 * 1680 * (8 * 32 * 4 * 3) * 4
+    # transformer decoder: each level is the key of 3 of the 9 layers
+    assert ops['baddbmm'] == 3 * 1680 * 100 * 8 * 32
+    assert result['params'] == params
+    assert result['flops'] == pytest.approx(flops, rel=1e-4)
+    assert {'aten::softmax', 'aten::sigmoid', 'aten::gelu'} <= set(result['uncounted'])
+
+
+def test_dino_flops_at_a_small_shape():
+    result = _complexity('detection/dino_4scale_convnext_t_12e_coco.py', SMALL)
+    ops = result['by_operator']
+    # 6 encoder layers over the 1700 positions of 4 levels, 6 decoder layers over 900 queries
+    # (no denoising queries: eval mode)
+    assert ops['grid_sampler'] == (6 * 1700 + 6 * 900) * (8 * 32 * 4 * 4) * 4
+    assert 'baddbmm' not in ops
+    assert result['params'] == 48_493_100
+    assert result['flops'] == pytest.approx(34_882_918_400, rel=1e-4)
+    assert {'aten::softmax', 'aten::topk'} <= set(result['uncounted'])
