@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check in one go: the tests marked `cuda` (tests/cuda: mmcv ops on CUDA, AMP fp16 /
 # bf16, SyncBN, the Cascade Mask R-CNN T and UperNet T recipes trained, resumed and tested on
-# ../shared/data, one training step of Mask R-CNN T and Cascade S/B/L/XL, the detection demo,
-# test.py --fast), then the figures they measured (seconds per iteration, peak memory).
+# ../shared/data, one training step of Mask R-CNN T and Cascade S/B/L/XL, two fp16 AMP training
+# steps of each newer recipe on synthetic batches at its training size (Mask R-CNN V2 T/B/L/H,
+# Mask2Former T/B and DINO T/B on COCO, UperNet V2 T/B/L/H and Mask2Former T/B on ADE20K:
+# -k test_recipe_builds), the detection demo, test.py --fast), then the figures they measured
+# (seconds per iteration, peak memory).
 #
 #   bash tools/gpu_check.sh                          # after `make install`, on a GPU machine
 #   source .gpu/setup.sh && bash tools/gpu_check.sh  # a lent GPU machine (../shared/gpu/README.md)
@@ -16,7 +19,8 @@
 # $OUT/gpu_check where $OUT is set, else /tmp/gpu_check): pytest.log, junit.xml and
 # figures.jsonl. Sizes: GPU_CHECK_DET_IMAGES (tiny_coco images per epoch, two epochs, default
 # 20), GPU_CHECK_DET_TEST_IMAGES (default 10), GPU_CHECK_SEG_ITERS (UperNet iterations before
-# the resume, default 16; 4 after).
+# the resume, default 16; 4 after), GPU_CHECK_STEP_IMAGES (images per batch of the newer
+# recipes' steps, default 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,11 +1,14 @@
 """What the GPU tests share: the --cfg-options of the recipe runs, reading iteration times, peak
-memory and losses from mmengine's training logs, and recording the figures that
-tools/gpu_check.sh prints."""
+memory and losses from mmengine's training logs, a recipe's model trained a few steps with AMP
+on given batches, and recording the figures that tools/gpu_check.sh prints."""
+import gc
+import importlib
 import json
 import math
 import os
 import re
 import statistics
+import time
 
 import torch
 
@@ -98,3 +101,71 @@ def record_figure(name: str, **values) -> None:
     if path:
         with open(path, 'a') as f:
             f.write(json.dumps(record) + '\n')
+
+
+def amp_train_steps(cfg, batches, device: str = 'cuda', dtype: str = 'float16') -> dict:
+    """Build ``cfg.model`` (an mmdet or mmseg config, by its ``default_scope``) with the
+    backbone's ``init_cfg`` None, revert SyncBN to BatchNorm (one process), move it to
+    ``device`` and run ``model.train_step`` once per batch of ``batches`` (dicts of ``inputs``:
+    uint8 (3, H, W) tensors and ``data_samples``, as the recipe's pipeline packs them).
+
+    The optimizer wrapper is the recipe's (its constructor, lr decay, clipping), made an
+    AmpOptimWrapper with autocast ``dtype`` as tools/train.py --amp does: a plain OptimWrapper
+    becomes one with dynamic loss scaling; a recipe's own AmpOptimWrapper keeps its loss scale.
+    mmengine's AmpOptimWrapper needs an accelerator, and its CPU autocast takes bfloat16 only.
+
+    Returns losses (one {name: float} per step, every log variable with 'loss' in its name),
+    wrapper (the built wrapper's class name), loss_scale (the GradScaler's scale after the
+    steps, None without one), params_M, build_s, step_s (seconds per step, the device
+    synchronised) and peak_memory_mib (CUDA only, else None)."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+    scope = cfg.get('default_scope', 'mmdet')
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=True)
+    models = importlib.import_module(f'{scope}.registry').MODELS
+    cfg.model.backbone.init_cfg = None
+    wrapper_cfg = cfg.optim_wrapper
+    if wrapper_cfg.get('type', 'OptimWrapper') == 'OptimWrapper':
+        wrapper_cfg.type, wrapper_cfg.loss_scale = 'AmpOptimWrapper', 'dynamic'
+    assert wrapper_cfg.type == 'AmpOptimWrapper', f'optim_wrapper.type {wrapper_cfg.type!r}'
+    wrapper_cfg.dtype = dtype
+    cuda = torch.device(device).type == 'cuda'
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    model = models.build(cfg.model)
+    model.init_weights()
+    model = revert_sync_batchnorm(model).to(device)
+    model.train()
+    optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
+    sync()
+    build_s = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    losses, step_s = [], []
+    for batch in batches:
+        sync()
+        start = time.perf_counter()
+        log_vars = model.train_step(batch, optim_wrapper)
+        sync()
+        step_s.append(time.perf_counter() - start)
+        losses.append({k: float(torch.as_tensor(v).detach().float()) for k, v in
+                       log_vars.items() if 'loss' in k})
+    scaler = getattr(optim_wrapper, 'loss_scaler', None)
+    result = dict(
+        losses=losses, wrapper=type(optim_wrapper).__name__,
+        loss_scale=float(scaler.get_scale()) if scaler is not None and scaler.is_enabled()
+        else None,
+        params_M=round(params / 1e6, 1), build_s=round(build_s, 2),
+        step_s=[round(s, 3) for s in step_s],
+        peak_memory_mib=int(torch.cuda.max_memory_allocated() / 2**20) if cuda else None)
+    del model, optim_wrapper, log_vars
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result

@@ -8,24 +8,28 @@
   are recorded (cuda_helpers.record_figure).
 - Mask R-CNN T and Cascade Mask R-CNN S/B/L/XL: the whole detector builds and runs training
   steps (fp16 AMP, SyncBN reverted as in one process) on a synthetic 2-image batch.
+- The newer recipes (RECIPES: Mask R-CNN V2 T/B/L/H, Mask2Former and DINO T/B on COCO, UperNet
+  V2 T/B/L/H and Mask2Former T/B on ADE20K): each builds and runs two fp16 AMP training steps
+  (cuda_helpers.amp_train_steps) on synthetic batches at its training size, with finite losses
+  of the names its heads give; seconds per step, peak memory and the loss scale are recorded.
+  amp_train_steps takes a device, so its logic can be tried on a CPU (bf16 autocast there).
 
 GPU_CHECK_DET_IMAGES (default 20) sets the tiny_coco images per epoch (two epochs, the second
 after the resume, two images per iteration), GPU_CHECK_DET_TEST_IMAGES (default 10) the images
-tested, GPU_CHECK_SEG_ITERS (default 16) the UperNet iterations before the resume (4 after).
+tested, GPU_CHECK_SEG_ITERS (default 16) the UperNet iterations before the resume (4 after),
+GPU_CHECK_STEP_IMAGES (default 2) the images per batch of the newer recipes' steps.
 """
-import gc
 import math
 import os
 import os.path as osp
 import re
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from cuda_helpers import (SHARED_DATA, all_finite, cascade_options, log_iterations,
-                          record_figure, timing, upernet_options)
+from cuda_helpers import (SHARED_DATA, all_finite, amp_train_steps, cascade_options,
+                          log_iterations, record_figure, timing, upernet_options)
 from helpers import REPO, metric, run_tool
 
 pytestmark = pytest.mark.cuda
@@ -145,10 +149,14 @@ def test_upernet_t_test_computes_miou(upernet):
 STEP_CONFIGS = ['mask_rcnn_convnext_t_coco.py', 'cascade_convnext_s_coco.py',
                 'cascade_convnext_b_coco.py', 'cascade_convnext_l_in22k_coco.py',
                 'cascade_convnext_xl_in22k_coco.py']
+# images per synthetic batch of the newer recipes' steps (RECIPES); the recipes themselves train
+# 2 per GPU, the Mask R-CNN V2 ones 4
+STEP_IMAGES = int(os.environ.get('GPU_CHECK_STEP_IMAGES', 2))
 
 
-def det_batch(num_images=2, size=(800, 1216), num_boxes=4, seed=0):
-    """Images of recipe size with boxes and rectangular masks, as PackDetInputs gives them."""
+def det_batch(num_images=2, size=(800, 1216), num_boxes=4, seed=0, masks=True):
+    """Images of size (h, w) with boxes and (``masks``) rectangular BitmapMasks filling them, as
+    PackDetInputs gives them: uint8 (3, h, w) inputs, DetDataSamples with gt_instances."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.bbox import HorizontalBoxes
     from mmdet.structures.mask import BitmapMasks
@@ -159,59 +167,138 @@ def det_batch(num_images=2, size=(800, 1216), num_boxes=4, seed=0):
     for _ in range(num_images):
         inputs.append(torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)))
         x1, y1 = rng.uniform(0, 0.6 * w, num_boxes), rng.uniform(0, 0.6 * h, num_boxes)
-        bw, bh = rng.uniform(48, 0.4 * w, num_boxes), rng.uniform(48, 0.4 * h, num_boxes)
+        low = min(48, 0.06 * h, 0.06 * w)  # 48 pixels at recipe sizes
+        bw, bh = rng.uniform(low, 0.4 * w, num_boxes), rng.uniform(low, 0.4 * h, num_boxes)
         boxes = np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(np.float32)
-        masks = np.zeros((num_boxes, h, w), dtype=np.uint8)
-        for mask, (a, b, c, d) in zip(masks, boxes.astype(int)):
-            mask[b:d, a:c] = 1
         sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size,
                                              scale_factor=(1.0, 1.0), flip=False))
-        sample.gt_instances = InstanceData(
-            bboxes=HorizontalBoxes(torch.from_numpy(boxes)),
-            labels=torch.from_numpy(rng.integers(0, 80, num_boxes)),
-            masks=BitmapMasks(masks, h, w))
+        instances = InstanceData(bboxes=HorizontalBoxes(torch.from_numpy(boxes)),
+                                 labels=torch.from_numpy(rng.integers(0, 80, num_boxes)))
+        if masks:
+            bitmaps = np.zeros((num_boxes, h, w), dtype=np.uint8)
+            for bitmap, (a, b, c, d) in zip(bitmaps, boxes.astype(int)):
+                bitmap[b:d, a:c] = 1
+            instances.masks = BitmapMasks(bitmaps, h, w)
+        sample.gt_instances = instances
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
 
+def seg_batch(num_images=2, size=(512, 512), num_classes=150, seed=0):
+    """Images of size (h, w) with label maps as PackSegInputs gives them: uint8 (3, h, w)
+    inputs, SegDataSamples whose gt_sem_seg is an int64 (1, h, w) map of one background class,
+    three rectangles of other classes and an ignored (255) strip along the bottom."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    rng = np.random.default_rng(seed)
+    h, w = size
+    inputs, samples = [], []
+    for _ in range(num_images):
+        inputs.append(torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)))
+        classes = rng.choice(num_classes, 4, replace=False)
+        label = np.full((h, w), classes[0], dtype=np.int64)
+        for cls in classes[1:]:
+            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            label[y:y + rng.integers(h // 8, h // 2), x:x + rng.integers(w // 8, w // 2)] = cls
+        label[-h // 16:] = 255
+        sample = SegDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size,
+                                             scale_factor=(1.0, 1.0), flip=False))
+        sample.gt_sem_seg = PixelData(data=torch.from_numpy(label)[None])
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def assert_finite_losses(losses, expected, context):
+    """Every step's losses finite, and the names ``expected`` among them."""
+    for step, values in enumerate(losses):
+        assert values and all(math.isfinite(v) for v in values.values()), (context, step, values)
+        missing = [name for name in expected if name not in values]
+        assert not missing, f'{context}: no {missing} among {sorted(values)}'
+
+
 @pytest.mark.parametrize('config', STEP_CONFIGS)
 def test_detector_builds_and_trains_a_step_with_fp16_amp(config):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
     from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.optim import build_optim_wrapper
-    register_all_modules(init_default_scope=True)
     cfg = Config.fromfile(osp.join(DET, config))
-    cfg.model.backbone.init_cfg = None
-    wrapper_cfg = cfg.optim_wrapper
-    if wrapper_cfg.get('type', 'OptimWrapper') == 'OptimWrapper':  # as tools/train.py --amp
-        wrapper_cfg.type, wrapper_cfg.loss_scale = 'AmpOptimWrapper', 'dynamic'
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    model = revert_sync_batchnorm(model).cuda()
-    optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
-    build_s = time.perf_counter() - start
-    params = sum(p.numel() for p in model.parameters())
-    step_s = []
-    for step in range(2):
-        batch = det_batch(seed=step)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        log_vars = model.train_step(batch, optim_wrapper)
-        torch.cuda.synchronize()
-        step_s.append(time.perf_counter() - start)
-        losses = {k: float(torch.as_tensor(v).detach()) for k, v in log_vars.items()
-                  if 'loss' in k}
-        assert losses and all(math.isfinite(v) for v in losses.values()), losses
-    assert 'loss_mask' in losses or 's0.loss_mask' in losses
+    result = amp_train_steps(cfg, [det_batch(seed=step) for step in range(2)])
+    assert result['wrapper'] == 'AmpOptimWrapper'
+    assert_finite_losses(result['losses'], (), config)
+    assert 'loss_mask' in result['losses'][-1] or 's0.loss_mask' in result['losses'][-1]
     record_figure(f'{config}: training step (2 images 1216x800, fp16 AMP)',
-                  params_M=round(params / 1e6, 1), build_s=round(build_s, 2),
-                  first_step_s=round(step_s[0], 3), second_step_s=round(step_s[1], 3),
-                  peak_memory_mib=int(torch.cuda.max_memory_allocated() / 2**20))
-    del model, optim_wrapper, log_vars
-    gc.collect()
-    torch.cuda.empty_cache()
+                  params_M=result['params_M'], build_s=result['build_s'],
+                  first_step_s=result['step_s'][0], second_step_s=result['step_s'][1],
+                  peak_memory_mib=result['peak_memory_mib'])
+
+
+# ------------------------------------------------------------------ the newer recipes
+# Two fp16 AMP training steps each on a synthetic batch of STEP_IMAGES images at the recipe's
+# training size: the LSJ crop (Mask R-CNN V2, Mask2Former COCO: 1024x1024), the largest image
+# of DETR's multi-scale resize (DINO: short side 800, long side <= 1333), the crop (ADE20K).
+# T before B before L before H: the larger the model, the later (V2-H: about 680M parameters).
+LSJ = (1024, 1024)
+DETR_LARGEST = (800, 1333)
+MASK_RCNN_LOSSES = ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask')
+MASK2FORMER_LOSSES = ('loss_cls', 'loss_mask', 'loss_dice',  # the last decoder layer
+                      'd0.loss_cls', 'd8.loss_mask', 'd8.loss_dice')  # the 9 before it
+DINO_LOSSES = ('loss_cls', 'loss_bbox', 'loss_iou', 'd4.loss_iou',  # 6 decoder layers
+               'enc_loss_cls', 'dn_loss_cls', 'dn_loss_bbox')  # encoder proposals, denoising
+UPERNET_LOSSES = ('decode.loss_ce', 'aux.loss_ce')
+RECIPES = [  # (config under configs/, batch, (h, w), losses expected)
+    ('detection/mask_rcnn_convnext_v2_t_coco.py', 'instances', LSJ, MASK_RCNN_LOSSES),
+    ('detection/mask2former_convnext_t_lsj_50e_coco.py', 'instances', LSJ, MASK2FORMER_LOSSES),
+    ('detection/dino_4scale_convnext_t_12e_coco.py', 'boxes', DETR_LARGEST, DINO_LOSSES),
+    ('segmentation/upernet_convnext_v2_t_512_160k_ade20k.py', 'semantic', (512, 512),
+     UPERNET_LOSSES),
+    ('segmentation/mask2former_convnext_t_512_160k_ade20k.py', 'semantic', (512, 512),
+     tuple(f'decode.{name}' for name in MASK2FORMER_LOSSES)),
+    ('detection/mask_rcnn_convnext_v2_b_coco.py', 'instances', LSJ, MASK_RCNN_LOSSES),
+    ('detection/mask2former_convnext_b_in22k_lsj_50e_coco.py', 'instances', LSJ,
+     MASK2FORMER_LOSSES),
+    ('detection/dino_4scale_convnext_b_in22k_12e_coco.py', 'boxes', DETR_LARGEST, DINO_LOSSES),
+    ('segmentation/upernet_convnext_v2_b_512_160k_ade20k.py', 'semantic', (512, 512),
+     UPERNET_LOSSES),
+    ('segmentation/mask2former_convnext_b_640_160k_in22k_ade20k.py', 'semantic', (640, 640),
+     tuple(f'decode.{name}' for name in MASK2FORMER_LOSSES)),
+    ('detection/mask_rcnn_convnext_v2_l_coco.py', 'instances', LSJ, MASK_RCNN_LOSSES),
+    ('segmentation/upernet_convnext_v2_l_512_160k_ade20k.py', 'semantic', (512, 512),
+     UPERNET_LOSSES),
+    ('detection/mask_rcnn_convnext_v2_h_coco.py', 'instances', LSJ, MASK_RCNN_LOSSES),
+    ('segmentation/upernet_convnext_v2_h_512_160k_ade20k.py', 'semantic', (512, 512),
+     UPERNET_LOSSES),
+    ('segmentation/upernet_convnext_v2_h_640_160k_in22k_ade20k.py', 'semantic', (640, 640),
+     UPERNET_LOSSES),
+]
+
+
+def recipe_batch(kind, size, num_images=STEP_IMAGES, seed=0):
+    """A synthetic training batch of ``kind``: 'instances' (boxes and masks), 'boxes' (boxes
+    only) or 'semantic' (label maps)."""
+    if kind == 'semantic':
+        return seg_batch(num_images, size, seed=seed)
+    return det_batch(num_images, size, seed=seed, masks=kind == 'instances')
+
+
+def recipe_steps(config, kind, size, device='cuda', dtype='float16', num_images=STEP_IMAGES,
+                 edit=None):
+    """:func:`cuda_helpers.amp_train_steps` for ``config`` (a path under configs/) on two
+    synthetic batches; ``edit(cfg)`` may change the loaded config first."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(REPO, 'configs', config))
+    if edit is not None:
+        edit(cfg)
+    batches = [recipe_batch(kind, size, num_images, seed) for seed in range(2)]
+    return amp_train_steps(cfg, batches, device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize('config,kind,size,expected', RECIPES,
+                         ids=[osp.basename(r[0])[:-3] for r in RECIPES])
+def test_recipe_builds_and_trains_two_steps_with_fp16_amp(config, kind, size, expected):
+    result = recipe_steps(config, kind, size)
+    assert result['wrapper'] == 'AmpOptimWrapper'
+    assert_finite_losses(result['losses'], expected, config)
+    h, w = size
+    record_figure(f'{osp.basename(config)}: 2 training steps ({STEP_IMAGES} images {w}x{h}, '
+                  f'fp16 AMP)', params_M=result['params_M'], build_s=result['build_s'],
+                  first_step_s=result['step_s'][0], second_step_s=result['step_s'][1],
+                  peak_memory_mib=result['peak_memory_mib'], loss_scale=result['loss_scale'],
+                  losses=[round(step['loss'], 3) for step in result['losses']])
