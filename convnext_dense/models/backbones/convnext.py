@@ -18,8 +18,10 @@ from mmengine.model import BaseModule
 
 from ...registry import MODELS
 
-V1 = dict(use_grn=False, layer_scale_init_value=1e-6)
-V2 = dict(use_grn=True, layer_scale_init_value=0.0)
+# norm_eps: the eps of every LayerNorm (1e-6 in the official models; timm's CLIP ConvNeXt-XXL
+# uses 1e-5, so a dict arch may set it)
+V1 = dict(use_grn=False, layer_scale_init_value=1e-6, norm_eps=1e-6)
+V2 = dict(use_grn=True, layer_scale_init_value=0.0, norm_eps=1e-6)
 ARCHS: Dict[str, dict] = {
     'tiny': dict(depths=[3, 3, 9, 3], dims=[96, 192, 384, 768], **V1),
     'small': dict(depths=[3, 3, 27, 3], dims=[96, 192, 384, 768], **V1),
@@ -77,11 +79,11 @@ class Block(nn.Module):
     plus the residual with drop path. (N, C, H, W) in and out."""
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 1e-6,
-                 use_grn: bool = False, with_cp: bool = False):
+                 use_grn: bool = False, with_cp: bool = False, norm_eps: float = 1e-6):
         super().__init__()
         self.with_cp = with_cp
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.grn = GRN(4 * dim) if use_grn else None
@@ -137,7 +139,8 @@ def _can_fuse(x: torch.Tensor) -> bool:
 
 
 def resolve_arch(arch: Union[str, dict]) -> dict:
-    """Return dict(depths, dims, use_grn, layer_scale_init_value) for an arch name or dict."""
+    """Return dict(depths, dims, use_grn, layer_scale_init_value, norm_eps) for an arch name or
+    dict (a dict's missing keys take the V1 defaults)."""
     if isinstance(arch, str):
         if arch not in ARCHS:
             raise ValueError(f"Unknown ConvNeXt arch {arch!r}. Valid archs: "
@@ -160,7 +163,9 @@ class ConvNeXt(BaseModule):
 
     Args:
         arch: one of :data:`ARCHS` (V1 ``'tiny'`` ... ``'xlarge'``, V2 ``'v2-atto'`` ...
-            ``'v2-huge'``) or ``dict(depths=[4 ints], dims=[4 ints])``.
+            ``'v2-huge'``) or ``dict(depths=[4 ints], dims=[4 ints])``, optionally with
+            ``norm_eps`` (every LayerNorm's eps; default 1e-6, timm's CLIP ConvNeXt-XXL uses
+            1e-5), ``use_grn`` and ``layer_scale_init_value``.
         in_channels: input image channels.
         drop_path_rate: stochastic depth, rising linearly from 0 over all blocks.
         layer_scale_init_value: initial layer-scale gamma; 0 disables layer scale.
@@ -207,13 +212,14 @@ class ConvNeXt(BaseModule):
             raise ValueError(f'frozen_stages must be in -1..3, got {frozen_stages}.')
         self.frozen_stages = frozen_stages
         self.channels_last = channels_last
+        eps = float(settings['norm_eps'])
 
         self.downsample_layers = nn.ModuleList([nn.Sequential(
             nn.Conv2d(in_channels, self.dims[0], kernel_size=4, stride=4),
-            LayerNorm2d(self.dims[0], eps=1e-6))])
+            LayerNorm2d(self.dims[0], eps=eps))])
         for i in range(1, 4):
             self.downsample_layers.append(nn.Sequential(
-                LayerNorm2d(self.dims[i - 1], eps=1e-6),
+                LayerNorm2d(self.dims[i - 1], eps=eps),
                 nn.Conv2d(self.dims[i - 1], self.dims[i], kernel_size=2, stride=2)))
 
         total = sum(self.depths)  # drop-path rate rises linearly from 0 over all blocks
@@ -222,11 +228,11 @@ class ConvNeXt(BaseModule):
         first = 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             self.stages.append(nn.Sequential(*[
-                Block(dim, rates[first + j], layer_scale_init_value, use_grn, with_cp)
+                Block(dim, rates[first + j], layer_scale_init_value, use_grn, with_cp, eps)
                 for j in range(depth)]))
             first += depth
         for i in self.out_indices:
-            self.add_module(f'norm{i}', LayerNorm2d(self.dims[i], eps=1e-6))
+            self.add_module(f'norm{i}', LayerNorm2d(self.dims[i], eps=eps))
 
         self.apply(self._init_default)
         self._freeze_stages()
