@@ -207,7 +207,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, out: str,
                               output_names=list(output_names), dynamic_shapes=shapes,
                               external_data=external, verbose=False)
         exporter = 'dynamo'
-    except Exception as error:  # noqa: BLE001: any failure of the dynamo path falls back
+    except Exception as error:  # noqa: BLE001 - any failure of the dynamo path falls back
         if not fallback:
             raise
         reason = _first_line(error)
