@@ -84,6 +84,10 @@ def history_buffer(state):
     return glob(HB) + EMPTY_TUPLE + NEWOBJ + state + BUILD
 
 
+def namespace(state):
+    return glob('argparse.Namespace') + EMPTY_TUPLE + NEWOBJ + state + BUILD
+
+
 def getattr_(owner, name):
     return call('builtins.getattr', owner, s(name))
 
@@ -175,6 +179,13 @@ ATTACKS = {
     'BUILD getattr record': (
         lambda m: getattr_(glob(HB), 'min') + dict_(args=tup(s('__init__'))) + BUILD,
         'StatisticRecord'),
+    'BUILD Namespace with __class__': (
+        lambda m: namespace(dict_(__class__=glob('torch.Tensor'))), 'plain attribute names'),
+    'BUILD Namespace twice': (
+        lambda m: namespace(dict_(a=i(1))) + dict_(__class__=glob('torch.Tensor')) + BUILD,
+        'built twice'),
+    'BUILD Namespace with a getattr value': (
+        lambda m: namespace(dict_(a=getattr_(glob(HB), 'update'))), "'update'"),
     'NEWOBJ ndarray with args': (
         lambda m: glob('numpy.ndarray') + tup(i(1 << 40)) + NEWOBJ, 'array'),
     # NumPy: object, void and forged dtypes; bytes that do not match the shape

@@ -272,3 +272,44 @@ def test_process_wide_numpy_allow_list_does_not_reach_our_loads(tmp_path):
         assert set(theirs) <= set(torch.serialization.get_safe_globals())
     finally:
         torch._weights_only_unpickler._remove_safe_globals(theirs)
+
+
+def test_training_script_args_namespace_loads_as_a_namespace(tmp_path):
+    """ImageNet training scripts (ConvNeXt, ConvNeXt-V2, DeiT) save ``args``, an
+    argparse.Namespace, beside the weights: it loads, with its values, and the backbone's
+    init_cfg takes the weights of such a file."""
+    import argparse
+
+    from convnext_dense.models import ConvNeXt
+    source = ConvNeXt(dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]))
+    args = argparse.Namespace(model='convnextv2_atto', lr=2e-4, betas=None, input_size=224,
+                              layer_decay=0.9, mean=np.float64(0.5), nested={'a': [1, 2]})
+    path = str(tmp_path / 'checkpoint-best.pth')
+    torch.save({'model': source.state_dict(), 'epoch': 299, 'args': args}, path)
+    loaded = sc.load_checkpoint(path)
+    assert type(loaded['args']) is argparse.Namespace
+    assert vars(loaded['args']) == vars(args) and type(loaded['args'].mean) is np.float64
+    target = ConvNeXt(dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]),
+                      init_cfg=dict(type='Pretrained', checkpoint=path))
+    target.init_weights()
+    assert torch.equal(target.stages[3][0].pwconv2.weight, source.stages[3][0].pwconv2.weight)
+
+
+class _CraftedNamespace:
+    """Pickles as ``argparse.Namespace()`` followed by BUILD with ``state``."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        import argparse
+        return argparse.Namespace, (), self.state
+
+
+@pytest.mark.parametrize('state', [{'__class__': 1}, {'__dict__': {}}, {1: 'x'},
+                                   {'not an identifier': 1}, ['model', 'x']])
+def test_namespace_with_other_than_plain_attributes_is_refused(tmp_path, state):
+    path = str(tmp_path / 'crafted.pth')
+    torch.save({'args': _CraftedNamespace(state)}, path)
+    with pytest.raises(sc.UnsafeCheckpointError, match='plain attribute names'):
+        sc.load_checkpoint(path)

@@ -19,7 +19,9 @@ Safe by construction:
   functions) that stores the plain data the file gives and runs nothing else: no NumPy or
   mmengine code runs during unpickling. After the unpickler has finished,
   :func:`_materialise` validates every record (numeric dtypes only, shapes that match the
-  bytes, the fixed set of HistoryBuffer fields and statistics) and builds the real objects.
+  bytes, the fixed set of HistoryBuffer fields and statistics, plain attribute names of the
+  ``argparse.Namespace`` that ImageNet training scripts save as ``args``) and builds the real
+  objects.
 - Before unpickling, the declared tensor sizes are compared with the bytes in the file
   (:func:`_check_declared_sizes`), so an absurd size is refused before memory is allocated.
 - A URL is downloaded once into torch's hub cache (temporary file, then rename; its SHA-256
@@ -118,6 +120,12 @@ class _StatisticRecord(_Record):
     __slots__ = ()
 
 
+class _NamespaceRecord(_Record):
+    """Stands in for ``argparse.Namespace``: the command-line ``args`` that training scripts of
+    the ConvNeXt / ConvNeXt-V2 / DeiT family save beside the weights."""
+    __slots__ = ()
+
+
 def _reconstruct_array(cls, shape, typecode) -> _ArrayRecord:
     """Stands in for NumPy's ``_reconstruct(ndarray, (0,), b'b')``."""
     if cls is not _ArrayRecord:
@@ -142,7 +150,7 @@ def _history_statistic(owner, name) -> _StatisticRecord:
 def _stand_ins():
     entries = [(_HistoryBufferRecord, 'mmengine.logging.history_buffer.HistoryBuffer'),
                (_ArrayRecord, 'numpy.ndarray'), (_DtypeRecord, 'numpy.dtype'),
-               (_history_statistic, 'builtins.getattr')]
+               (_history_statistic, 'builtins.getattr'), (_NamespaceRecord, 'argparse.Namespace')]
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
         entries += [(_reconstruct_array, f'{module}._reconstruct'),
                     (_numpy_scalar, f'{module}.scalar')]
@@ -234,9 +242,22 @@ def _history_buffer(record, convert):
     return HistoryBuffer(logs, counts, max_length)
 
 
+def _namespace(record, convert):
+    """A real ``argparse.Namespace`` (an inert attribute holder) from its BUILD state: a dict
+    of identifier names, none of them dunder (``__class__`` and the like would reach the
+    object itself), to values that are themselves validated."""
+    import argparse
+    state = {} if record.state is _Record._NO_STATE else record.state
+    if record.args or type(state) is not dict or not all(
+            type(k) is str and k.isidentifier() and not k.startswith('__') for k in state):
+        _fail('argparse.Namespace state must be a dict of plain attribute names')
+    return argparse.Namespace(**{k: convert(v) for k, v in state.items()})
+
+
 def _materialise(obj):
     """The loaded object with every stand-in record validated and replaced by the real
-    object (``HistoryBuffer``, ``np.ndarray``, ``np.dtype``, NumPy scalar). Containers are
+    object (``HistoryBuffer``, ``np.ndarray``, ``np.dtype``, NumPy scalar,
+    ``argparse.Namespace``). Containers are
     updated in place; shared references stay shared."""
     from mmengine.logging import HistoryBuffer
     done: Dict[int, Tuple[Any, Any]] = {}
@@ -269,6 +290,8 @@ def _materialise(obj):
             result = _scalar(value)
         elif kind is _StatisticRecord:
             result = getattr(HistoryBuffer, value.args[0])
+        elif kind is _NamespaceRecord:
+            result = _namespace(value, convert)
         else:
             result = value
             if isinstance(value, torch.Tensor) and getattr(value, '__dict__', None):
