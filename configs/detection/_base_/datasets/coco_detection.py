@@ -4,14 +4,13 @@
 #   (b) resize to a short side of 400/500/600 (long side <= 4200), crop a random 384..600 box
 #       (absolute range), then (a);
 #   images without annotations are kept (filter_empty_gt=False). Test: one scale, 1333x800.
-# (the same augmentation as the paper's Cascade recipes, _base_/datasets/coco_instance.py,
-# except the 4200 long-side bound of the crop branch and the kept empty images.)
+# The paper's Cascade data (coco_instance.py, which this file inherits: dataloaders, data
+# location, evaluator), with boxes only, the 4200 long-side bound of the crop branch and the
+# empty images kept.
 # 16 images per batch: 2 per GPU on 8 GPUs. Set the data location with
 #   --cfg-options data_root=/path/to/coco/   (annotations/, train2017/, val2017/)
-dataset_type = 'CocoDataset'
-data_root = 'data/coco/'
+_base_ = ['./coco_instance.py']
 backend_args = None
-
 multi_scale = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333),
                (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)]
 train_pipeline = [
@@ -37,38 +36,8 @@ test_pipeline = [
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    batch_sampler=dict(type='AspectRatioBatchSampler'),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='annotations/instances_train2017.json',
-        data_prefix=dict(img='train2017/'),
-        filter_cfg=dict(filter_empty_gt=False, min_size=32),
-        pipeline=train_pipeline,
-        backend_args=backend_args))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    drop_last=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='annotations/instances_val2017.json',
-        data_prefix=dict(img='val2017/'),
-        test_mode=True,
-        pipeline=test_pipeline,
-        backend_args=backend_args))
+    dataset=dict(filter_cfg=dict(filter_empty_gt=False), pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(
-    type='CocoMetric',
-    ann_file=data_root + 'annotations/instances_val2017.json',
-    metric='bbox',
-    format_only=False,
-    backend_args=backend_args)
+val_evaluator = dict(metric='bbox')
 test_evaluator = val_evaluator

@@ -3,10 +3,10 @@
 #   the 1024x1024 box by a random factor in 0.1..2.0 (aspect kept), crop 1024x1024 (boxes
 #   recomputed from the crop, empty crops allowed), drop instances whose mask left the crop.
 #   Test: one scale, long side <= 1333, short side <= 800.
+# Dataloaders, data location and evaluator: coco_instance.py, which this file inherits.
 # 16 images per batch: 2 per GPU on 8 GPUs. Set the data location with
 #   --cfg-options data_root=/path/to/coco/   (annotations/, train2017/, val2017/)
-dataset_type = 'CocoDataset'
-data_root = 'data/coco/'
+_base_ = ['./coco_instance.py']
 backend_args = None
 lsj_size = (1024, 1024)
 
@@ -30,39 +30,6 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    batch_sampler=dict(type='AspectRatioBatchSampler'),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='annotations/instances_train2017.json',
-        data_prefix=dict(img='train2017/'),
-        filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        pipeline=train_pipeline,
-        backend_args=backend_args))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    drop_last=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        ann_file='annotations/instances_val2017.json',
-        data_prefix=dict(img='val2017/'),
-        test_mode=True,
-        pipeline=test_pipeline,
-        backend_args=backend_args))
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(
-    type='CocoMetric',
-    ann_file=data_root + 'annotations/instances_val2017.json',
-    metric=['bbox', 'segm'],
-    format_only=False,
-    backend_args=backend_args)
-test_evaluator = val_evaluator
