@@ -1,5 +1,6 @@
-"""What the end-to-end tests share: repository paths, toy datasets, running tools/*.py in a
-subprocess, reading metrics from their logs, and a free TCP port for multi-process runs."""
+"""What the tests share: repository paths, toy datasets, running tools/*.py in a subprocess,
+reading metrics from their logs, a free TCP port for multi-process runs, and building a
+config's model on the meta device."""
 import os
 import os.path as osp
 import re
@@ -52,3 +53,13 @@ def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def build_on_meta(cfg):
+    """The model of ``cfg`` (an mmengine Config of mmdet or mmseg) in its ``default_scope``,
+    with parameters on the meta device: shapes only, no memory, no init."""
+    import torch
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.default_scope)
+    with torch.device('meta'):
+        return MODELS.build(cfg.model)

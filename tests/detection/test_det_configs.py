@@ -7,6 +7,7 @@ import torch
 from mmengine.config import Config
 
 import convnext_dense  # noqa: F401  (registers the convnext_dense scope)
+from helpers import build_on_meta
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(REPO, 'configs', 'detection')
@@ -45,13 +46,6 @@ def load(name):
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=True)
     return Config.fromfile(osp.join(CONFIG_DIR, name))
-
-
-def build_on_meta(cfg):
-    """The detector with parameters on the meta device: shapes only, no memory, no init."""
-    from mmengine.registry import MODELS
-    with torch.device('meta'):
-        return MODELS.build(cfg.model)
 
 
 def test_every_recipe_has_a_config():

@@ -8,12 +8,11 @@ import os.path as osp
 import re
 
 import pytest
-import torch
 from mmengine.config import Config
 
 import convnext_dense  # noqa: F401  (registers the convnext_dense scope)
 from convnext_dense.datasets.toy import CLASSES
-from helpers import REPO, metric, run_tool, toy_dataset
+from helpers import REPO, build_on_meta, metric, run_tool, toy_dataset
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'detection')
 
@@ -34,12 +33,6 @@ def load(name):
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=True)
     return Config.fromfile(osp.join(CONFIG_DIR, name))
-
-
-def build_on_meta(cfg):
-    from mmengine.registry import MODELS
-    with torch.device('meta'):
-        return MODELS.build(cfg.model)
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))

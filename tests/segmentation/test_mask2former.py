@@ -7,12 +7,11 @@ import os.path as osp
 import re
 
 import pytest
-import torch
 from mmengine.config import Config
 
 import convnext_dense  # noqa: F401  (registers the convnext_dense scope)
 from convnext_dense.datasets.toy import CLASSES
-from helpers import REPO, metric, run_tool, toy_dataset
+from helpers import REPO, build_on_meta, metric, run_tool, toy_dataset
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'segmentation')
 # config: (arch, pretrain, drop_path, num_layers of the stage-wise decay, crop, parameters)
@@ -26,14 +25,6 @@ DECAY_RATE = 0.9  # the paper's UperNet value, stage_wise
 
 def load(name):
     return Config.fromfile(osp.join(CONFIG_DIR, name))
-
-
-def build_on_meta(cfg):
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    init_default_scope('mmseg')
-    with torch.device('meta'):
-        return MODELS.build(cfg.model)
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))

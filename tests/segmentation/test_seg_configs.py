@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import convnext_dense  # noqa: F401
+from helpers import build_on_meta
 from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -44,14 +45,6 @@ V2_RECIPES = {
 
 def load(name: str) -> Config:
     return Config.fromfile(osp.join(CONFIG_DIR, name))
-
-
-def build_on_meta(cfg: Config) -> torch.nn.Module:
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    init_default_scope('mmseg')
-    with torch.device('meta'):
-        return MODELS.build(cfg.model)
 
 
 def test_every_recipe_has_a_config():
