@@ -2,8 +2,10 @@
 the scoped allow-list and the download path (hostile files: tests/test_checkpoint_attacks.py)."""
 import hashlib
 import http.server
+import json
 import os
 import pickle
+import struct
 import threading
 
 import numpy as np
@@ -313,3 +315,64 @@ def test_namespace_with_other_than_plain_attributes_is_refused(tmp_path, state):
     torch.save({'args': _CraftedNamespace(state)}, path)
     with pytest.raises(sc.UnsafeCheckpointError, match='plain attribute names'):
         sc.load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- safetensors
+def safetensors_file(path, tensors, header_edit=None):
+    """Write ``tensors`` in the safetensors format; ``header_edit(header)`` may corrupt the
+    JSON header (a dict) before it is written, the data bytes staying as they were."""
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata={'format': 'pt'})
+    if header_edit is not None:
+        raw = path.read_bytes()
+        size = struct.unpack('<Q', raw[:8])[0]
+        header = json.loads(raw[8:8 + size])
+        header_edit(header)
+        text = json.dumps(header).encode()
+        path.write_bytes(struct.pack('<Q', len(text)) + text + raw[8 + size:])
+    return str(path)
+
+
+def test_safetensors_file_loads_as_a_plain_state_dict(tmp_path):
+    tensors = {'stem.0.weight': torch.randn(8, 3, 4, 4), 'stages.0.0.gamma': torch.rand(8),
+               'counter': torch.arange(5), 'half': torch.randn(3).to(torch.bfloat16)}
+    path = safetensors_file(tmp_path / 'model.safetensors', tensors)
+    loaded = sc.load_checkpoint(path, map_location='cpu')
+    assert sorted(loaded) == sorted(tensors)
+    for key, value in tensors.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    # recognised by its header, not its name; mmengine's own entry point reaches it too
+    renamed = tmp_path / 'weights.pth'
+    os.rename(path, renamed)
+    from mmengine.runner.checkpoint import _load_checkpoint
+    assert torch.equal(_load_checkpoint(str(renamed))['stem.0.weight'], tensors['stem.0.weight'])
+
+
+def _set(name, **fields):
+    return lambda header: header[name].update(fields)
+
+
+@pytest.mark.parametrize('edit,cut', [
+    (None, 4),                                                   # truncated
+    (_set('a', shape=[100000, 100000]), 0),                      # shape larger than the data
+    (_set('a', data_offsets=[0, 10 ** 12]), 0),                  # offset past the end
+    (_set('a', data_offsets=[24, 48]), 0),                       # overlaps b
+    (_set('a', dtype='OBJECT'), 0),                              # no such dtype
+    (_set('a', shape=[2 ** 62, 2 ** 62, 0]), 0),                 # overflowing size
+    (lambda h: h.update(__metadata__={'x': {'nested': 1}}), 0),  # metadata must be strings
+])
+def test_damaged_safetensors_file_is_refused_by_name(tmp_path, edit, cut):
+    path = safetensors_file(tmp_path / 'bad.safetensors',
+                            {'a': torch.randn(6), 'b': torch.randn(6)}, edit)
+    if cut:
+        with open(path, 'r+b') as f:
+            f.truncate(os.path.getsize(path) - cut)
+    with pytest.raises(sc.DamagedCheckpointError, match=f'{path}.*safetensors'):
+        sc.load_checkpoint(path)
+
+
+def test_safetensors_header_longer_than_the_file_is_damaged_not_a_pickle(tmp_path):
+    path = tmp_path / 'bad.safetensors'
+    path.write_bytes(struct.pack('<Q', 1 << 40) + b'{"a": {}}')
+    with pytest.raises(sc.DamagedCheckpointError, match='safetensors'):
+        sc.load_checkpoint(str(path))

@@ -24,6 +24,9 @@ Safe by construction:
   objects.
 - Before unpickling, the declared tensor sizes are compared with the bytes in the file
   (:func:`_check_declared_sizes`), so an absurd size is refused before memory is allocated.
+- A ``.safetensors`` file (timm's and open_clip's Hugging Face hub copies) holds no pickle at
+  all; it is recognised by its header, not its name, and read with ``safetensors``, which
+  checks every tensor's offsets against the file (:func:`_load_safetensors`).
 - A URL is downloaded once into torch's hub cache (temporary file, then rename; its SHA-256
   checked against a given prefix or the one in the file name) and loaded like a local file.
 
@@ -404,12 +407,39 @@ def _reason(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def _is_safetensors(filename: str) -> bool:
+    """A safetensors file starts with its JSON header's length (u64, little-endian) and the
+    header's ``{``; a torch zip starts with ``PK``, a legacy torch file with a pickle opcode."""
+    with open(filename, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and not head.startswith((b'PK', b'\x80'))
+
+
+def _load_safetensors(filename: str, map_location=None) -> Dict[str, torch.Tensor]:
+    """A ``.safetensors`` file as a plain {key: tensor} state dict, on the CPU, or on the device
+    that ``map_location`` names as a string or ``torch.device`` (a dict or callable keeps the CPU,
+    where torch.load would map a CPU-saved file). Nothing in the file is executed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        state_dict = load_file(filename, device='cpu')
+    except (SafetensorError, ValueError, TypeError, OSError) as error:
+        raise DamagedCheckpointError(
+            f'checkpoint {filename} looks like a safetensors file but is damaged (truncated?): '
+            f'{error}') from None
+    if isinstance(map_location, (str, torch.device)) and str(map_location) != 'cpu':
+        state_dict = {k: v.to(map_location) for k, v in state_dict.items()}
+    return state_dict
+
+
 def load_local(filename: str, map_location=None):
     """Load a local checkpoint weights-only (see the module docstring)."""
     filename = osp.expanduser(str(filename))
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} does not exist; check the path given as '
                                 f'load_from, --resume, init_cfg checkpoint or to tools/test.py')
+    if _is_safetensors(filename):
+        return _load_safetensors(filename, map_location)
     if trusted():
         from mmengine.logging import print_log
         print_log(f'{TRUST_ENV} is set: loading {filename} with full pickle, which can run '

@@ -385,3 +385,19 @@ def test_existing_layouts_still_recognised(tiny):
                                'roi_head.blocks.0.stem.0.weight': torch.zeros(1)}}
     assert detect_layout(detector).name == 'official'
     assert sorted(convert_checkpoint(detector)) == sorted(backbone_state(tiny))
+
+
+def test_timm_hub_safetensors_loads_through_init_cfg(tiny, tmp_path, monkeypatch):
+    """The Hugging Face hub copy of convnext_tiny.dinov3_lvd1689m is a model.safetensors."""
+    from safetensors.torch import save_file
+    path = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in to_timm_dinov3(tiny).items()}, str(path))
+    messages = []
+    monkeypatch.setattr(MMLogger.get_current_instance(), 'info', messages.append)
+    model = ConvNeXt('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    summary = '\n'.join(messages)
+    assert f'from {path} (layout: timm).' in summary
+    assert '8 key(s) missing' in summary and 'unexpected' not in summary
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in backbone_state(tiny).items())
