@@ -186,15 +186,21 @@ def test_fcmae_dense_round_trip(atto, encoder_prefix):
 def test_fcmae_loads_through_init_cfg(atto, tmp_path, monkeypatch):
     path = tmp_path / 'convnextv2_atto_1k_224_fcmae.pt'
     torch.save(to_fcmae(atto), path)
+    assert_loads_through_init_cfg(atto, path, 'FCMAE (sparse)', monkeypatch)
+
+
+def assert_loads_through_init_cfg(source, path, layout_name, monkeypatch):
+    """``init_cfg=dict(type='Pretrained', checkpoint=path)`` gives ``source``'s backbone, with
+    one summary naming the layout and only our eight output-norm keys missing."""
     messages = []
     monkeypatch.setattr(MMLogger.get_current_instance(), 'info', messages.append)
-    model = ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model = ConvNeXt(source.arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     summary = '\n'.join(messages)
-    assert f'from {path} (layout: FCMAE (sparse)).' in summary
+    assert f'from {path} (layout: {layout_name}).' in summary
     assert '8 key(s) missing' in summary and 'unexpected' not in summary
     loaded = model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in backbone_state(atto).items())
+    assert all(torch.equal(loaded[k], v) for k, v in backbone_state(source).items())
 
 
 def sparse_conv(features, kernel, bias, size, stride):
@@ -392,12 +398,4 @@ def test_timm_hub_safetensors_loads_through_init_cfg(tiny, tmp_path, monkeypatch
     from safetensors.torch import save_file
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in to_timm_dinov3(tiny).items()}, str(path))
-    messages = []
-    monkeypatch.setattr(MMLogger.get_current_instance(), 'info', messages.append)
-    model = ConvNeXt('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    model.init_weights()
-    summary = '\n'.join(messages)
-    assert f'from {path} (layout: timm).' in summary
-    assert '8 key(s) missing' in summary and 'unexpected' not in summary
-    loaded = model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in backbone_state(tiny).items())
+    assert_loads_through_init_cfg(tiny, path, 'timm', monkeypatch)
