@@ -376,3 +376,20 @@ def test_safetensors_header_longer_than_the_file_is_damaged_not_a_pickle(tmp_pat
     path.write_bytes(struct.pack('<Q', 1 << 40) + b'{"a": {}}')
     with pytest.raises(sc.DamagedCheckpointError, match='safetensors'):
         sc.load_checkpoint(str(path))
+
+
+def test_hub_style_urls_with_the_same_file_name_are_cached_apart(tmp_path, hub_dir):
+    """Every Hugging Face hub repository names its weights model.safetensors: two of them must
+    not share one cache entry (the second would silently load the first one's weights)."""
+    bodies = {}
+    for repo, value in (('timm/convnext_tiny.a', 1.), ('timm/convnext_tiny.b', 2.)):
+        path = safetensors_file(tmp_path / f'{value}.safetensors', {'w': torch.full((3,), value)})
+        bodies[f'{repo}/resolve/main/model.safetensors'] = open(path, 'rb').read()
+    server = _Server(bodies)
+    try:
+        loaded = [sc.load_checkpoint(f'{server.url}/{name}')['w'].tolist() for name in bodies]
+    finally:
+        server.close()
+    assert loaded == [[1.] * 3, [2.] * 3]
+    assert sorted(os.listdir(hub_dir)) == ['timm--convnext_tiny.a--main--model.safetensors',
+                                           'timm--convnext_tiny.b--main--model.safetensors']
