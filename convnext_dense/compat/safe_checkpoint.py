@@ -470,19 +470,19 @@ def load_local(filename: str, map_location=None):
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
 
 
-def _cache_name(url: str) -> str:
-    """The file name ``url`` is cached under: its last path component, as torch.hub names it
-    (so a file torch.hub already downloaded is found), except for Hugging Face hub style URLs,
-    ``.../<org>/<repo>/resolve/<revision>/<file>``, whose file names (``model.safetensors``,
-    ``open_clip_pytorch_model.bin``) are the same in every repository: those are cached as
-    ``<org>--<repo>--<revision>--<file>``."""
+def _cache_name(url: str) -> Tuple[str, str]:
+    """(the name ``url`` is cached under, the URL's own file name). The cache name is the file
+    name, as torch.hub names it (so a file torch.hub already downloaded is found), except for
+    Hugging Face hub style URLs, ``.../<org>/<repo>/resolve/<revision>/<file>``, whose file names
+    (``model.safetensors``, ``open_clip_pytorch_model.bin``) are the same in every repository:
+    those are cached as ``<org>--<repo>--<revision>--<file>``."""
     parts = [p for p in urllib.parse.unquote(urllib.parse.urlparse(url).path).split('/') if p]
-    if 'resolve' in parts[1:-2]:
-        i = parts.index('resolve', 1)
-        parts = ['--'.join(parts[:i] + parts[i + 1:])]
     if not parts or parts[-1] in ('.', '..'):
         raise ValueError(f'checkpoint URL {url} names no file')
-    return parts[-1]
+    if 'resolve' in parts[1:-2]:
+        i = parts.index('resolve', 1)
+        return '--'.join(parts[:i] + parts[i + 1:]), parts[-1]
+    return parts[-1], parts[-1]
 
 
 def download(url: str, model_dir: Optional[str] = None,
@@ -493,10 +493,10 @@ def download(url: str, model_dir: Optional[str] = None,
     the last ``-`` in the file name, torch.hub's convention, when there is one), leaves
     nothing in the cache."""
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
-    name = _cache_name(url)
+    name, file_name = _cache_name(url)
     path = osp.join(model_dir, name)
     if hash_prefix is None:
-        match = _HASH_IN_NAME.search(osp.basename(urllib.parse.urlparse(url).path))
+        match = _HASH_IN_NAME.search(file_name)
         hash_prefix = match.group(1) if match else None
     hash_prefix = hash_prefix.lower() if hash_prefix else None
     if osp.isfile(path):
