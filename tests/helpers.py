@@ -63,3 +63,16 @@ def build_on_meta(cfg):
     init_default_scope(cfg.default_scope)
     with torch.device('meta'):
         return MODELS.build(cfg.model)
+
+
+def assert_convnext_recipe(cfg, scope, arch, pretrain, drop_path):
+    """``cfg`` runs in ``scope`` ('mmdet' / 'mmseg') with our plug-in imported, and its backbone
+    is ConvNeXt ``arch`` with ``drop_path`` initialised from the official ``pretrain`` ('1k' /
+    '22k') ImageNet file."""
+    assert cfg.default_scope == scope and cfg.custom_imports.imports == ['convnext_dense']
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == \
+        ('convnext_dense.ConvNeXt', arch, drop_path)
+    assert backbone.init_cfg.type == 'Pretrained'
+    assert backbone.init_cfg.checkpoint == \
+        f'https://dl.fbaipublicfiles.com/convnext/convnext_{arch}_{pretrain}_224.pth'

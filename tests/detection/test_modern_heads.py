@@ -12,7 +12,8 @@ from mmengine.config import Config
 
 import convnext_dense  # noqa: F401  (registers the convnext_dense scope)
 from convnext_dense.datasets.toy import CLASSES
-from helpers import REPO, build_on_meta, metric, run_tool, toy_dataset
+from helpers import (REPO, assert_convnext_recipe, build_on_meta, metric, run_tool,
+                     toy_dataset)
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'detection')
 
@@ -39,13 +40,7 @@ def load(name):
 def test_recipe_builds_with_its_parameter_count(name):
     arch, pretrain, drop_path, decay_rate, num_layers, params = RECIPES[name]
     cfg = load(name)
-    assert cfg.default_scope == 'mmdet' and cfg.custom_imports.imports == ['convnext_dense']
-    backbone = cfg.model.backbone
-    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == \
-        ('convnext_dense.ConvNeXt', arch, drop_path)
-    assert backbone.init_cfg.type == 'Pretrained'
-    assert backbone.init_cfg.checkpoint == \
-        f'https://dl.fbaipublicfiles.com/convnext/convnext_{arch}_{pretrain}_224.pth'
+    assert_convnext_recipe(cfg, 'mmdet', arch, pretrain, drop_path)
     paramwise = cfg.optim_wrapper.paramwise_cfg
     assert (paramwise.decay_rate, paramwise.decay_type, paramwise.num_layers) == \
         (decay_rate, 'layer_wise', num_layers)

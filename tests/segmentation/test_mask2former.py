@@ -11,7 +11,8 @@ from mmengine.config import Config
 
 import convnext_dense  # noqa: F401  (registers the convnext_dense scope)
 from convnext_dense.datasets.toy import CLASSES
-from helpers import REPO, build_on_meta, metric, run_tool, toy_dataset
+from helpers import (REPO, assert_convnext_recipe, build_on_meta, metric, run_tool,
+                     toy_dataset)
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'segmentation')
 # config: (arch, pretrain, drop_path, num_layers of the stage-wise decay, crop, parameters)
@@ -31,12 +32,7 @@ def load(name):
 def test_recipe_builds_with_its_parameter_count(name):
     arch, pretrain, drop_path, num_layers, crop, params = RECIPES[name]
     cfg = load(name)
-    assert cfg.default_scope == 'mmseg' and cfg.custom_imports.imports == ['convnext_dense']
-    backbone = cfg.model.backbone
-    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == \
-        ('convnext_dense.ConvNeXt', arch, drop_path)
-    assert backbone.init_cfg.checkpoint == \
-        f'https://dl.fbaipublicfiles.com/convnext/convnext_{arch}_{pretrain}_224.pth'
+    assert_convnext_recipe(cfg, 'mmseg', arch, pretrain, drop_path)
     model = build_on_meta(cfg)
     assert type(model.decode_head).__name__ == 'Mask2FormerHead'
     assert sum(p.numel() for p in model.parameters()) == params
