@@ -60,8 +60,10 @@ train_pipeline = [
          keep_ratio=True),
     dict(type='PackDetInputs'),
 ]
+# The test pipeline loads images with the stock name, which mmdet's DetInferencer looks for;
+# tools/train.py and tools/test.py run it with the checked loader (tools/_common.py).
 test_pipeline = [
-    dict(type='convnext_dense.LoadImageFromFileChecked'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 192), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',

@@ -41,13 +41,15 @@ toy_dataset = dict(
     seg_map_suffix='.png',
     reduce_zero_label=False)  # 0 = background, shapes 1..5: every pixel is scored
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='convnext_dense.LoadImageFromFileChecked'),  # names a corrupt or missing image
     dict(type='LoadAnnotations'),
     dict(type='RandomResize', scale=scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
+# Test and TTA pipelines load with the stock name, which mmseg's MMSegInferencer looks for;
+# tools/train.py and tools/test.py run them with the checked loader (tools/_common.py).
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=scale, keep_ratio=True),

@@ -40,7 +40,7 @@ model = dict(
 test_scale = (2560, 640)
 img_ratios = [0.75, 0.875, 1.0, 1.125, 1.25]
 tta_pipeline = [
-    dict(type='convnext_dense.LoadImageFromFileChecked'),
+    dict(type='LoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[

@@ -26,8 +26,10 @@ train_pipeline = [
          ]),
     dict(type='PackDetInputs'),
 ]
+# The test pipeline loads images with the stock name, which mmdet's DetInferencer looks for;
+# tools/train.py and tools/test.py run it with the checked loader (tools/_common.py).
 test_pipeline = [
-    dict(type='convnext_dense.LoadImageFromFileChecked', backend_args=backend_args),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',

@@ -22,8 +22,10 @@ train_pipeline = [
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-5, 1e-5), by_mask=True),
     dict(type='PackDetInputs'),
 ]
+# The test pipeline loads images with the stock name, which mmdet's DetInferencer looks for;
+# tools/train.py and tools/test.py run it with the checked loader (tools/_common.py).
 test_pipeline = [
-    dict(type='convnext_dense.LoadImageFromFileChecked', to_float32=True,
+    dict(type='LoadImageFromFile', to_float32=True,
          backend_args=backend_args),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),

@@ -15,8 +15,10 @@ train_pipeline = [
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
+# The test and TTA pipelines load images with the stock name, which mmseg's MMSegInferencer
+# looks for; tools/train.py and tools/test.py run them with the checked loader (tools/_common.py).
 test_pipeline = [
-    dict(type='convnext_dense.LoadImageFromFileChecked'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=test_scale, keep_ratio=True),
     # annotations are loaded after Resize: metrics are computed at the original size
     dict(type='LoadAnnotations'),
@@ -26,7 +28,7 @@ test_pipeline = [
 # ratios of test_scale, each image is also flipped horizontally, softmax scores are averaged.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='convnext_dense.LoadImageFromFileChecked'),
+    dict(type='LoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[
