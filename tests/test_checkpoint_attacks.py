@@ -9,6 +9,7 @@ import json
 import os
 import os.path as osp
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -396,5 +397,221 @@ def test_payload_served_over_http_is_refused(tmp_path, monkeypatch):
                 load_checkpoint(f'{server.url}/evil.pth')
         finally:
             server.close()
-        (tmp_path / 'hub' / 'checkpoints' / 'evil.pth').unlink()
+        cached = tmp_path / 'hub' / 'checkpoints' / 'convnext_dense'
+        assert len(os.listdir(cached)) == 1
+        for entry in os.listdir(cached):  # the next attack is served under the same URL
+            os.remove(cached / entry)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- round 2
+# Attacks that crash or exhaust the process rather than run code. Each file is loaded through
+# every path in a child process with its address space capped (RLIMIT_AS) and a timeout; the
+# child reports per path the outcome and seconds, and its peak memory above what imports took.
+MEMORY_CAP = 4 << 30
+
+BOUNDED_CHILD = textwrap.dedent('''
+    import json, resource, sys, time
+    import torch
+    import convnext_dense
+    from convnext_dense.compat import load_checkpoint
+    from mmengine.runner.checkpoint import _load_checkpoint
+    from convnext_dense.models import ConvNeXt
+    sys.path.insert(0, sys.argv[1])
+    import convert_checkpoint
+    path = sys.argv[2]
+    attempts = {
+        'compat loader': lambda: load_checkpoint(path),
+        'mmengine _load_checkpoint': lambda: _load_checkpoint(path, map_location='cpu'),
+        'backbone init_cfg': lambda: ConvNeXt('v2-atto', init_cfg=dict(
+            type='Pretrained', checkpoint=path)).init_weights(),
+        'tools/convert_checkpoint.py': lambda: convert_checkpoint.main([path, path + '.out']),
+    }
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    results = {}
+    for how, attempt in attempts.items():
+        start = time.perf_counter()
+        try:
+            attempt()
+            outcome = 'LOADED'
+        except SystemExit as error:
+            outcome = f'SystemExit: {error}'
+        except BaseException as error:
+            outcome = f'{type(error).__name__}: {str(error)[:3000]}'
+        results[how] = dict(outcome=outcome, seconds=time.perf_counter() - start)
+    results['peak MiB over imports'] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                        - base) / 1024
+    print('RESULTS' + json.dumps(results))
+''')
+
+
+def _cap_memory():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def run_bounded_child(path):
+    result = subprocess.run([sys.executable, '-c', BOUNDED_CHILD, TOOLS, path], cwd=REPO,
+                            capture_output=True, text=True, timeout=240, preexec_fn=_cap_memory,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode >= 0, f'child killed by signal {-result.returncode}:\n' \
+                                   f'{result.stderr[-3000:]}'
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith('RESULTS')][-1]
+    return json.loads(line[len('RESULTS'):])
+
+
+def nested_tuple_key(m):
+    """About 100 KB of nested 1-tuples used as a dict key: hashing it overflows the C stack."""
+    return EMPTY_DICT + i(1) + b'\x85' * 100_000 + i(2) + b's'  # TUPLE1 ..., SETITEM
+
+
+def dag(levels, leaf=None):
+    """A tuple DAG: each level is (x, x) of the one below, through the memo (5 bytes a level);
+    its printed or hashed form doubles per level."""
+    return (leaf or i(1)) + (BINPUT + b'\0' + BINGET + b'\0' + b'\x86') * levels  # TUPLE2
+
+
+def dag_key(m):
+    return EMPTY_DICT + dag(60) + i(2) + b's'
+
+
+def stride_zero_kernel(m):
+    """An FCMAE sparse kernel: 4 bytes of storage viewed with stride 0 at shape (49, 2**24)."""
+    kernel = call('torch._utils._rebuild_tensor_v2', storage('0', 1, False), i(0),
+                  tup(i(49), i(1 << 24)), tup(i(0), i(0)), FALSE, call('collections.OrderedDict'))
+    return dict_(model=dict_(**{'encoder.stages.0.0.dwconv.kernel': kernel}))
+
+
+def ordered_dict_state(m):
+    """An OrderedDict whose BUILD state (``_metadata``) holds an object array."""
+    return dict_(state_dict=call('collections.OrderedDict') + dict_(
+        _metadata=array(struct.pack('<Q', 0x41414141), (1,), dtype('O'))) + BUILD)
+
+
+# name -> (payload builder, regex every refusal must match, format)
+ROUND2 = {
+    'nested tuple as a dict key': (nested_tuple_key, 'nested deeper', 'zip'),
+    'tuple DAG as a dict key': (dag_key, 'dictionary key|pickle bomb', 'zip'),
+    'tuple DAG printed in a message': (lambda m: dict_(meta=dag(60) + BINPERSID),
+                                       'pickle bomb', 'zip'),
+    'bytearray(3 GiB)': (lambda m: dict_(meta=call('builtins.bytearray', i(3 << 30))),
+                         'bytearray', 'zip'),
+    'quadratic punycode': (lambda m: dict_(meta=call('_codecs.encode', s(''.join(
+        chr(0x4e00 + (k * 7919) % 20000) for k in range(20_000))), s('punycode'))),
+        '_codecs.encode', 'zip'),
+    'dtype record as a dict key': (lambda m: EMPTY_DICT + dtype('f8') + i(1) + b's',
+                                   'dictionary key', 'zip'),
+    'OrderedDict BUILD state with an object array': (ordered_dict_state, "'O'", 'zip'),
+    'stride-0 FCMAE kernel': (stride_zero_kernel, 'views', 'zip'),
+    'legacy: stride-0 kernel': (stride_zero_kernel, 'views', 'legacy'),
+}
+
+
+def round2_file(tmp_path, name, marker):
+    build, _, fmt = ROUND2[name]
+    path = tmp_path / f'{fmt}.pth'
+    write = write_legacy if fmt == 'legacy' else write_zip
+    write(str(path), wrap(build(marker), 2), {'0': b'\0' * 4})
+    return str(path)
+
+
+@pytest.mark.parametrize('name', list(ROUND2))
+def test_small_files_cannot_crash_or_exhaust_the_process(tmp_path, name):
+    marker = tmp_path / 'pwned'
+    path = round2_file(tmp_path, name, marker)
+    size = osp.getsize(path)
+    results = run_bounded_child(path)
+    peak = results.pop('peak MiB over imports')
+    for how, result in results.items():
+        assert result['outcome'] != 'LOADED', f'{name}: {how} loaded the file'
+        if 'convert' not in how:  # the tool prints the same message and exits 2
+            assert re.search(ROUND2[name][1], result['outcome']), (name, how, result)
+        assert result['seconds'] < 5, (name, how, result)
+    # memory in proportion to the file (it is at most 200 KB), not to what it declares
+    assert peak < 64 + 64 * size / 2 ** 20, (name, peak, size)
+    assert not marker.exists() and not osp.exists(path + '.out')
+
+
+def test_messages_name_no_object_the_file_built(tmp_path):
+    """A persistent id, a dtype and a getattr owner built as a DAG or a huge string are named
+    by type or cut short, never printed whole."""
+    from convnext_dense.compat import UnsafeCheckpointError, load_checkpoint
+    long_text = 'A' * 100_000
+    for body in (dict_(meta=tup(s(long_text), s('x')) + BINPERSID),
+                 dict_(meta=call('numpy.dtype', s(long_text), FALSE, TRUE)),
+                 dict_(meta=getattr_(glob(HB), long_text))):
+        path = tmp_path / 'file.pth'
+        write_zip(str(path), wrap(body, 2))
+        with pytest.raises(UnsafeCheckpointError) as error:
+            load_checkpoint(str(path))
+        assert len(str(error.value)) < 1000, str(error.value)[:300]
+
+
+# ----------------------------------------------------------------------------- raw zips
+def raw_zip(records, second_directory=None):
+    """A zip file written byte by byte: ``records`` is a list of (name, stored bytes, method,
+    uncompressed size). With ``second_directory`` (same names, other methods and sizes), a
+    second central directory of the same length precedes the end record, which points at the
+    first by its offset field while its size field makes Python's zipfile, which locates the
+    directory as 'end record position - size', read the second."""
+    out, directory = b'', []
+    for name, data, method, size, crc in records:
+        header = struct.pack('<IHHHHHIIIHH', 0x04034b50, 20, 0, method, 0, 0, crc, len(data),
+                             size, len(name), 0) + name.encode()
+        directory.append((name, method, crc, len(data), size, len(out)))
+        out += header + data
+
+    def central(entries):
+        block = b''
+        for name, method, crc, csize, size, offset in entries:
+            block += struct.pack('<IHHHHHHIIIHHHHHII', 0x02014b50, 20, 20, 0, method, 0, 0, crc,
+                                 csize, size, len(name), 0, 0, 0, 0, 0, offset) + name.encode()
+        return block
+
+    first = central(directory)
+    cd_offset = len(out)
+    out += first
+    if second_directory is not None:
+        out += central([(n, m, c, cs, sz, off) for (n, _, _, _, _, off), (m, c, cs, sz) in
+                        zip(directory, second_directory)])
+    out += struct.pack('<IHHHHIIH', 0x06054b50, 0, 0, len(directory), len(directory),
+                       len(first), cd_offset, 0)
+    return out
+
+
+def test_zip_whose_readers_disagree_cannot_inflate(tmp_path):
+    """torch's zip reader follows the end record's offset to a directory of deflated records
+    (64 MiB of zeros in 64 KB); Python's zipfile finds a second, harmless directory. The
+    records are checked with torch's own reader, so the file is refused before it inflates."""
+    import zlib
+    pickled = wrap(dict_(w=call('torch._utils._rebuild_tensor_v2', storage('0', 1 << 24, False),
+                                i(0), tup(i(1 << 24)), tup(i(1)), FALSE,
+                                call('collections.OrderedDict'))), 2)
+    big = b'\0' * (64 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = packer.compress(big) + packer.flush()
+    crc_big = zlib.crc32(big)
+    records = [('archive/data.pkl', pickled, 0, len(pickled), zlib.crc32(pickled)),
+               ('archive/byteorder', b'little', 0, 6, zlib.crc32(b'little')),
+               ('archive/data/0', deflated, 8, len(big), crc_big),
+               ('archive/version', b'3\n', 0, 2, zlib.crc32(b'3\n'))]
+    harmless = [(0, zlib.crc32(pickled), len(pickled), len(pickled)),
+                (0, zlib.crc32(b'little'), 6, 6),
+                (0, zlib.crc32(deflated), len(deflated), len(deflated)),
+                (0, zlib.crc32(b'3\n'), 2, 2)]
+    path = tmp_path / 'two-directories.pth'
+    path.write_bytes(raw_zip(records, second_directory=harmless))
+    # the two readers do see different records
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo('archive/data/0').compress_type == zipfile.ZIP_STORED
+    import torch
+    reader = torch._C.PyTorchFileReader(str(path))
+    assert reader.get_record_size('data/0') == 64 << 20
+    results = run_bounded_child(str(path))
+    peak = results.pop('peak MiB over imports')
+    for how, result in results.items():
+        assert result['outcome'] != 'LOADED', how
+        if 'convert' not in how:
+            assert 'zip record' in result['outcome'], (how, result)
+    assert peak < 48, peak  # the 64 MiB record was never inflated

@@ -171,7 +171,15 @@ class _Server:
 @pytest.fixture
 def hub_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
-    return tmp_path / 'hub' / 'checkpoints'
+    return tmp_path / 'hub' / 'checkpoints' / 'convnext_dense'
+
+
+def cache_name(url):
+    """What the cache calls ``url``: scheme, host and path parts joined by ``--``."""
+    from urllib.parse import quote, urlparse
+    parsed = urlparse(url)
+    parts = [parsed.scheme, parsed.netloc] + [p for p in parsed.path.split('/') if p]
+    return '--'.join(quote(p, safe='').replace('-', '%2D') for p in parts)
 
 
 def _checkpoint_bytes(tmp_path):
@@ -192,7 +200,7 @@ def test_url_is_downloaded_once_into_the_hub_cache(tmp_path, hub_dir):
     finally:
         server.close()
     assert loaded['state_dict']['w'].tolist() == [0., 1., 2., 3.]
-    assert os.listdir(hub_dir) == [name]
+    assert os.listdir(hub_dir) == [cache_name(f'{server.url}/{name}')]
     # the server is gone: the cached copy is used
     assert _load_checkpoint(f'{server.url}/{name}')['meta']['seed'] == 1
 
@@ -252,7 +260,7 @@ def test_backbone_init_cfg_downloads_checks_the_hash_and_loads(tmp_path, hub_dir
         model.init_weights()
     finally:
         server.close()
-    assert os.listdir(hub_dir) == ['convnext_atto.pth']
+    assert os.listdir(hub_dir) == [cache_name(url)]
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -391,5 +399,46 @@ def test_hub_style_urls_with_the_same_file_name_are_cached_apart(tmp_path, hub_d
     finally:
         server.close()
     assert loaded == [[1.] * 3, [2.] * 3]
-    assert sorted(os.listdir(hub_dir)) == ['timm--convnext_tiny.a--main--model.safetensors',
-                                           'timm--convnext_tiny.b--main--model.safetensors']
+    assert sorted(os.listdir(hub_dir)) == sorted(cache_name(f'{server.url}/{name}')
+                                                 for name in bodies)
+
+
+def test_cache_entries_are_per_url_whatever_the_host_or_file_name(tmp_path, hub_dir):
+    """The same hub path on another host, and a plain URL whose file name looks like a cache
+    name, each get their own entry: after loading the attacker's URLs, the genuine URL still
+    loads the genuine weights. A file that torch.hub cached under the bare name is not used."""
+    path = 'timm/convnext_tiny.a/resolve/main/model.safetensors'
+    bodies = {}
+    for value in (1., 2., 3.):
+        written = safetensors_file(tmp_path / f'{value}.safetensors', {'w': torch.full((2,), value)})
+        bodies[value] = open(written, 'rb').read()
+    genuine, evil = _Server({path: bodies[1.]}), _Server({path: bodies[2.]})
+    look_alike = cache_name(f'{genuine.url}/{path}')
+    evil_plain = _Server({f'x/{look_alike}': bodies[3.], 'model.safetensors': bodies[3.]})
+    os.makedirs(hub_dir.parent, exist_ok=True)
+    (hub_dir.parent / 'model.safetensors').write_bytes(bodies[3.])  # torch.hub's old entry
+    try:
+        assert sc.load_checkpoint(f'{evil.url}/{path}')['w'].tolist() == [2., 2.]
+        assert sc.load_checkpoint(f'{evil_plain.url}/x/{look_alike}')['w'].tolist() == [3., 3.]
+        assert sc.load_checkpoint(f'{genuine.url}/{path}')['w'].tolist() == [1., 1.]
+    finally:
+        for server in (genuine, evil, evil_plain):
+            server.close()
+    assert len(os.listdir(hub_dir)) == 3
+    # a URL with a query is another URL
+    assert sc._cache_name('https://h/a/b.pth?x=1')[0] != sc._cache_name('https://h/a/b.pth')[0]
+    assert sc._cache_name('https://h/a-b/c.pth')[0] != sc._cache_name('https://h/a/b--c.pth')[0]
+    assert len(sc._cache_name('https://h/' + 'd/' * 300 + 'w.pth')[0]) <= 200
+
+
+def test_sha256_pin_is_checked_for_local_files(tmp_path):
+    """init_cfg's sha256 holds for a local file too (the README's offline copy)."""
+    from convnext_dense.models import ConvNeXt
+    path = tmp_path / 'atto.pth'
+    torch.save({'model': ConvNeXt('v2-atto').state_dict()}, str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(sc.UnsafeCheckpointError, match=r'atto\.pth has SHA-256 .* expected 00000000'):
+        ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                          sha256='00000000')).init_weights()
+    ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                      sha256=digest[:16].upper())).init_weights()

@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import mmap
 import os
 import os.path as osp
 import pickle
@@ -45,11 +46,14 @@ import re
 import struct
 import tempfile
 import urllib.parse
-import zipfile
+from collections import Counter, OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+
+from ..checkpoint.pickle_scan import (PickleRefused, PickleTruncated, UnknownGlobal, bounded,
+                                      scan_pickle)
 
 TRUST_ENV = 'CONVNEXT_DENSE_TRUST_CHECKPOINTS'
 
@@ -71,6 +75,18 @@ class DamagedCheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- stand-ins
+def _what(value) -> str:
+    """A value from the file in a message: short text, small ints and class names as they are,
+    anything else by its type name only (its repr could be huge or slow)."""
+    if isinstance(value, str):
+        return bounded(value)
+    if type(value) is int and value.bit_length() <= 64:
+        return str(value)
+    if isinstance(value, type):
+        return bounded(value.__qualname__)
+    return f'a {type(value).__name__}'
+
+
 class _Record:
     """What a pickle builds in place of an allowed global: its arguments and its BUILD state,
     stored as given, validated only later by :func:`_materialise`. Nothing else can be set."""
@@ -89,7 +105,7 @@ class _Record:
         object.__setattr__(self, 'state', state)
 
     def __setattr__(self, name, value):
-        raise UnsafeCheckpointError(f'checkpoint sets attribute {name!r} of '
+        raise UnsafeCheckpointError(f'checkpoint sets attribute {_what(name)} of '
                                     f'{type(self).__name__}')
 
     __delattr__ = __setattr__
@@ -132,7 +148,7 @@ class _NamespaceRecord(_Record):
 def _reconstruct_array(cls, shape, typecode) -> _ArrayRecord:
     """Stands in for NumPy's ``_reconstruct(ndarray, (0,), b'b')``."""
     if cls is not _ArrayRecord:
-        raise UnsafeCheckpointError(f'numpy _reconstruct of {cls!r}; only plain arrays load')
+        raise UnsafeCheckpointError(f'numpy _reconstruct of {_what(cls)}; only plain arrays load')
     return _ArrayRecord()
 
 
@@ -146,7 +162,7 @@ def _history_statistic(owner, name) -> _StatisticRecord:
     if owner is _HistoryBufferRecord and type(name) is str and name in HISTORY_STATISTICS:
         return _StatisticRecord(name)
     raise UnsafeCheckpointError(
-        f'checkpoint asks for getattr({owner!r}, {name!r}); only HistoryBuffer statistics '
+        f'checkpoint asks for getattr({_what(owner)}, {_what(name)}); only HistoryBuffer statistics '
         f'({", ".join(sorted(HISTORY_STATISTICS))}) may be named in a checkpoint')
 
 
@@ -162,11 +178,25 @@ def _stand_ins():
 
 #: The globals allowed beyond torch's own, each mapped to an inert stand-in.
 STAND_INS = tuple(_stand_ins())
+_STAND_IN_NAMES = frozenset(name for _, name in STAND_INS)
 
 
 # ----------------------------------------------------------------------------- validation
 def _fail(what: str):
     raise UnsafeCheckpointError(what)
+
+
+class _Refused(UnsafeCheckpointError):
+    """Refused for its structure or sizes: trusting the file would not make it load safely."""
+
+
+def _refuse(what: str):
+    raise _Refused(what)
+
+
+def _bounded_reason(error: Exception, limit: int = 300) -> str:
+    text = ' '.join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + '...'
 
 
 def _dtype(record) -> np.dtype:
@@ -175,7 +205,7 @@ def _dtype(record) -> np.dtype:
     args, state = record.args, record.state
     if not (1 <= len(args) <= 3 and type(args[0]) is str and args[0] in NUMERIC_DTYPES
             and all(type(a) is bool for a in args[1:])):
-        _fail(f'NumPy dtype {args!r} is not one of the numeric dtypes '
+        _fail(f'NumPy dtype {_what(args[0] if args else args)} is not one of the numeric dtypes '
               f'({", ".join(sorted(NUMERIC_DTYPES))})')
     dtype = np.dtype(args[0])
     if state is _Record._NO_STATE:
@@ -183,7 +213,7 @@ def _dtype(record) -> np.dtype:
     if not (type(state) is tuple and len(state) == 8 and state[0] == 3
             and state[1] in ('<', '>', '|', '=') and state[2:5] == (None, None, None)
             and state[5:] == (-1, -1, 0)):
-        _fail(f'NumPy dtype {args[0]!r} has a forged state {state!r}')
+        _fail(f'NumPy dtype {_what(args[0])} has a forged state')
     return dtype.newbyteorder(state[1]) if state[1] in '<>' else dtype
 
 
@@ -195,7 +225,8 @@ def _array(record) -> np.ndarray:
     dtype = _dtype(dtype)
     if not (type(shape) is tuple and all(type(n) is int and n >= 0 for n in shape)
             and type(fortran) is bool and type(data) in (bytes, bytearray)):
-        _fail(f'NumPy array state (shape {shape!r}, data {type(data).__name__}) is not plain')
+        _fail(f'NumPy array state (shape {_what(shape)}, data {type(data).__name__}) is not '
+              f'plain')
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size != len(data):
         _fail(f'NumPy array of shape {shape} and dtype {dtype} needs {size} bytes, the '
@@ -257,13 +288,25 @@ def _namespace(record, convert):
     return argparse.Namespace(**{k: convert(v) for k, v in state.items()})
 
 
+#: Types a weights-only load yields that hold no record: taken as they are.
+_LEAF_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype,
+               torch.device, torch.layout, torch.memory_format, torch.qscheme, torch.Size,
+               torch.storage.TypedStorage, torch.UntypedStorage)
+
+
 def _materialise(obj):
     """The loaded object with every stand-in record validated and replaced by the real
     object (``HistoryBuffer``, ``np.ndarray``, ``np.dtype``, NumPy scalar,
-    ``argparse.Namespace``). Containers are
-    updated in place; shared references stay shared."""
+    ``argparse.Namespace``), wherever it sits: values, dictionary keys, tuples, sets, an
+    OrderedDict's attributes (its BUILD state, e.g. ``_metadata``) and a tensor's. Any other
+    type is refused. Containers are updated in place; shared references stay shared."""
     from mmengine.logging import HistoryBuffer
     done: Dict[int, Tuple[Any, Any]] = {}
+
+    def convert_dict(value):
+        items = [(convert(k), convert(v)) for k, v in value.items()]
+        value.clear()
+        value.update(items)
 
     def convert(value):
         key = id(value)
@@ -271,17 +314,18 @@ def _materialise(obj):
             return done[key][1]
         kind = type(value)
         if isinstance(value, dict):  # dict, OrderedDict, Counter: in place
+            if kind not in (dict, OrderedDict, Counter):
+                _fail(f'a {kind.__name__} (a dict subclass) in the checkpoint')
             done[key] = (value, value)
-            for k in list(value):
-                if isinstance(k, _Record):
-                    _fail(f'a {type(k).__name__} used as a dictionary key')
-                value[k] = convert(value[k])
+            convert_dict(value)
+            if getattr(value, '__dict__', None):  # OrderedDict BUILD state
+                convert_dict(value.__dict__)
             return value
         if kind is list:
             done[key] = (value, value)
             value[:] = [convert(v) for v in value]
             return value
-        if kind in (tuple, set):
+        if kind in (tuple, set, frozenset):
             result = kind(convert(v) for v in value)
         elif kind is _HistoryBufferRecord:
             result = _history_buffer(value, convert)
@@ -295,78 +339,92 @@ def _materialise(obj):
             result = getattr(HistoryBuffer, value.args[0])
         elif kind is _NamespaceRecord:
             result = _namespace(value, convert)
-        else:
+        elif isinstance(value, torch.Tensor):
             result = value
-            if isinstance(value, torch.Tensor) and getattr(value, '__dict__', None):
-                for k in list(value.__dict__):  # attributes set by _rebuild_from_type_v2
-                    value.__dict__[k] = convert(value.__dict__[k])
+            if getattr(value, '__dict__', None):  # attributes set by _rebuild_from_type_v2
+                convert_dict(value.__dict__)
+        elif isinstance(value, _LEAF_TYPES):
+            result = value
+        else:
+            _fail(f'a {kind.__name__} in the checkpoint, which a weights-only load does not '
+                  f'yield')
+        if isinstance(result, _Record):
+            _fail(f'a {kind.__name__} left unvalidated')
         done[key] = (value, result)  # the original is kept alive, so its id stays unique
         return result
 
     return convert(obj)
 
 
-# ----------------------------------------------------------------------------- sizes
-def _storage_sizes(stream, prefix_pickles: int = 0):
-    """Declared {key: nbytes} of every storage that the pickle in ``stream`` (a binary file)
-    asks for, and the stream position after it; read with the weights-only unpickler and
-    meta storages (nothing allocated), after skipping ``prefix_pickles`` pickles."""
-    from torch._weights_only_unpickler import Unpickler
-    declared = {}
-
-    def persistent_load(pid):
-        if not (type(pid) is tuple and len(pid) >= 5):
-            _fail(f'unexpected persistent id {pid!r}')
-        storage_type, key, numel = pid[1], pid[2], pid[4]
-        if type(numel) is not int or numel < 0:
-            _fail(f'storage {key!r} declares {numel!r} elements')
-        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-        nbytes = numel * torch._utils._element_size(dtype)
-        declared[str(key)] = max(nbytes, declared.get(str(key), 0))
-        storage = torch.UntypedStorage(nbytes, device='meta')
-        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
-
-    for _ in range(prefix_pickles):
-        Unpickler(stream, encoding='utf-8').load()
-    unpickler = Unpickler(stream, encoding='utf-8')
-    unpickler.persistent_load = persistent_load
-    unpickler.load()
-    return declared, stream.tell()
+# ----------------------------------------------------------------------------- pre-pass
+def _allowed_global(name: str) -> bool:
+    """torch's weights-only defaults and our stand-ins: what the unpickler will accept."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    return name in _get_allowed_globals() or name in _STAND_IN_NAMES
 
 
-def _check_declared_sizes(filename: str) -> None:
-    """Refuse a file whose declared storages need more bytes than it holds, before
-    ``torch.load`` allocates them. Zip format: each storage against its own record; legacy
-    format: all storages together against the rest of the file."""
+def _element_size(name: str) -> Optional[int]:
+    """Bytes per element of the storage type a persistent id names (None: not a storage)."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    kind = _get_allowed_globals().get(name)
+    if kind is torch.UntypedStorage:
+        return 1
+    dtype = getattr(kind, 'dtype', None)  # torch.serialization.StorageType('FloatStorage')
+    return torch._utils._element_size(dtype) if isinstance(dtype, torch.dtype) else None
+
+
+def _scan(stream, file_size: int) -> Dict[str, int]:
+    return scan_pickle(stream, _allowed_global, _element_size, file_size)
+
+
+def _prepass(filename: str) -> None:
+    """Walk every pickle of the file (:func:`~convnext_dense.checkpoint.pickle_scan.scan_pickle`,
+    nothing executed) and compare the storages it declares with the bytes the file holds,
+    before ``torch.load`` reads or allocates anything.
+
+    A zip checkpoint is read with torch's own zip reader (``PyTorchFileReader``), the one
+    ``torch.load`` uses, so both see the same records: each must lie inside the file without
+    overlapping another (so no record can inflate beyond the file), names must be unique,
+    and each storage may declare at most its record's bytes. Any other file is torch's legacy
+    format: five pickles (magic number, protocol, system info, the object, storage keys), then
+    the storages, which together must fit in the rest of the file."""
     size = os.path.getsize(filename)
-    if zipfile.is_zipfile(filename):
-        with zipfile.ZipFile(filename) as archive:
-            infos = archive.infolist()
-            records = {info.filename: info for info in infos}
-            if len(records) != len(infos):
-                _fail('the zip archive names a record twice')
-            for info in infos:
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
-                        or info.header_offset + info.file_size > size:
-                    _fail(f'zip record {info.filename} declares {info.file_size} bytes that the '
-                          f'{size}-byte file cannot hold (or is compressed)')
-            pickles = [n for n in records if n.endswith('/data.pkl') or n == 'data.pkl']
-            if len(pickles) != 1:
-                _fail(f'a torch zip checkpoint has one data.pkl, this one has {len(pickles)}')
-            root = pickles[0][:-len('data.pkl')]
-            declared, _ = _storage_sizes(io.BytesIO(archive.read(pickles[0])))
-        for key, nbytes in declared.items():
-            record = records.get(f'{root}data/{key}')
-            if record is None or nbytes > record.file_size:
-                _fail(f'storage {key} declares {nbytes} bytes, the file holds '
-                      f'{record.file_size if record else 0} for it')
-        return
-    # legacy format: magic number, protocol version, sys info, then the object pickle
     with open(filename, 'rb') as f:
-        declared, end = _storage_sizes(f, prefix_pickles=3)
-    total = sum(declared.values())
-    if total > size - end:
-        _fail(f'storages declare {total} bytes, the file holds {size - end} after its pickle')
+        is_zip = f.read(4) == b'PK\x03\x04'  # torch.serialization._is_zipfile's test
+    if is_zip:
+        try:
+            reader = torch._C.PyTorchFileReader(filename)
+            names = reader.get_all_records()
+            spans = sorted((reader.get_record_offset(n), reader.get_record_size(n), n)
+                           for n in names)
+        except RuntimeError as error:
+            raise DamagedCheckpointError(_bounded_reason(error)) from None
+        if len(set(names)) != len(names):
+            _refuse('the zip archive names a record twice')
+        end = 0
+        for offset, nbytes, name in spans:
+            if offset < end or offset + nbytes > size:
+                _refuse(f'zip record {bounded(name)} ({nbytes} bytes at offset {offset}) '
+                        f'overlaps another record or reaches beyond the {size}-byte file '
+                        f'(compressed records inflate; torch.save never writes them)')
+            end = offset + nbytes
+        if 'data.pkl' not in names:
+            raise DamagedCheckpointError('a torch zip checkpoint without data.pkl')
+        declared = _scan(io.BytesIO(reader.get_record('data.pkl')), size)
+        record_sizes = {name: nbytes for _, nbytes, name in spans}
+        for key, nbytes in declared.items():
+            held = record_sizes.get(f'data/{key}', 0)
+            if nbytes > held:
+                _refuse(f'storage {bounded(key)} declares {nbytes} bytes, the file holds {held} '
+                        f'for it')
+        return
+    with open(filename, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        declared = {}
+        for _ in range(5):
+            declared.update(_scan(data, size))
+        total, rest = sum(declared.values()), size - data.tell()
+    if total > rest:
+        _refuse(f'storages declare {total} bytes, the file holds {rest} after its pickles')
 
 
 # ----------------------------------------------------------------------------- loading
@@ -403,8 +461,9 @@ def _reason(error: Exception) -> str:
         text = text.split(marker, 1)[1].strip().split('\n\n')[0]
     match = re.search(r'GLOBAL (\S+)', text)
     if match:
-        return f'it contains {match.group(1)}'
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        return f'it contains {bounded(match.group(1))}'
+    return _bounded_reason(text.strip().splitlines()[0]) if text.strip() else \
+        type(error).__name__
 
 
 def _is_safetensors(filename: str) -> bool:
@@ -432,6 +491,74 @@ def _load_safetensors(filename: str, map_location=None) -> Dict[str, torch.Tenso
     return state_dict
 
 
+#: Largest config text whose ``gpu_ids`` is looked up (parsed, never executed).
+_MAX_CONFIG_TEXT = 4 << 20
+_MAX_GPU_IDS = 4096
+
+
+def _gpu_ids(text: str) -> Optional[list]:
+    """The ``gpu_ids`` a config text assigns at top level (a list / tuple of ints or
+    ``range(...)``, as mmcv 1.x and mmengine write it), read by parsing, never by executing."""
+    import ast
+    if len(text) > _MAX_CONFIG_TEXT:
+        return None
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == 'gpu_ids'):
+            continue
+        value = node.value
+        try:
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
+                    value.func.id == 'range' and not value.keywords:
+                bounds = [ast.literal_eval(a) for a in value.args]
+                if 1 <= len(bounds) <= 3 and all(type(b) is int for b in bounds):
+                    ids = range(*bounds)
+                    return list(ids) if len(ids) <= _MAX_GPU_IDS else None
+            ids = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            return None
+        if isinstance(ids, (list, tuple)) and len(ids) <= _MAX_GPU_IDS and all(
+                type(i) is int for i in ids):
+            return list(ids)
+    return None
+
+
+def _withhold_config_text(checkpoint, filename: str):
+    """Config text saved in a checkpoint is code: mmengine executes it on ``Runner.resume``
+    (``meta['config']``, for its GPU-count check) and in ``BaseInferencer`` given only
+    weights (``message_hub.runtime_info.cfg``, else ``meta['cfg']``). Unless the user trusts
+    the file, those strings are replaced here, in the loaded copy only:
+
+    - ``meta['config']`` by a text that only assigns the ``gpu_ids`` the original assigns
+      (parsed, not run), so resume keeps its check;
+    - ``meta['cfg']`` by a text that stops with an error asking for the config file;
+    - ``runtime_info.cfg`` is dropped, so a resumed run keeps its own config there.
+    """
+    if not isinstance(checkpoint, dict):
+        return checkpoint
+    meta = checkpoint.get('meta')
+    if isinstance(meta, dict):
+        if isinstance(meta.get('config'), str):
+            ids = _gpu_ids(meta['config'])
+            meta['config'] = '# config text withheld by convnext_dense (it is code)\n' + (
+                f'gpu_ids = {ids!r}\n' if ids is not None else '')
+        if isinstance(meta.get('cfg'), str):
+            message = (f'checkpoint {filename} carries its training config as text, which is '
+                       f'code and is not executed; pass the config file too, e.g. '
+                       f"DetInferencer(model='CONFIG.py', weights=...) or "
+                       f"MMSegInferencer(model='CONFIG.py', weights=...) (or set {TRUST_ENV}=1 "
+                       f'if you trust the file)')
+            meta['cfg'] = f'raise RuntimeError({message!r})\n'
+    hub = checkpoint.get('message_hub')
+    if isinstance(hub, dict) and isinstance(hub.get('runtime_info'), dict):
+        hub['runtime_info'].pop('cfg', None)
+    return checkpoint
+
+
 def load_local(filename: str, map_location=None):
     """Load a local checkpoint weights-only (see the module docstring)."""
     filename = osp.expanduser(str(filename))
@@ -447,16 +574,25 @@ def load_local(filename: str, map_location=None):
         return torch.load(filename, map_location=map_location, weights_only=False)
     try:
         with _stand_ins_only():
-            _check_declared_sizes(filename)
+            _prepass(filename)
             loaded = torch.load(filename, map_location=map_location, weights_only=True)
-            return _materialise(loaded)
+            return _withhold_config_text(_materialise(loaded), filename)
+    except UnknownGlobal as error:
+        what = str(error)
+    except (_Refused, PickleRefused) as error:
+        raise UnsafeCheckpointError(
+            f'Refusing to load checkpoint {filename}: {error}. torch.save never writes this; the '
+            f'file is damaged or crafted, and no setting loads it safely.') from None
     except UnsafeCheckpointError as error:
         what = str(error)
     except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, KeyError,
             IndexError, UnicodeDecodeError, OverflowError, RecursionError) as error:
+        if isinstance(error, (PickleTruncated, DamagedCheckpointError)):
+            raise DamagedCheckpointError(
+                f'checkpoint {filename} is damaged (truncated?) or not a torch checkpoint: '
+                f'{error}') from None
         what = _reason(error)
-    except (EOFError, RuntimeError, AssertionError, struct.error, zipfile.BadZipFile,
-            MemoryError) as error:
+    except (EOFError, RuntimeError, AssertionError, struct.error, MemoryError) as error:
         raise DamagedCheckpointError(
             f'checkpoint {filename} is damaged (truncated?) or not a torch checkpoint: '
             f'{_reason(error)}') from None
@@ -470,29 +606,46 @@ def load_local(filename: str, map_location=None):
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
 
 
+#: Our own folder in torch's hub cache: only :func:`download` writes there.
+CACHE_SUBDIR = osp.join('checkpoints', 'convnext_dense')
+_MAX_CACHE_NAME = 200
+
+
+def _escape(part: str) -> str:
+    """A URL part as a file-name piece: percent-quoted, ``-`` too, so that ``--`` only ever
+    separates parts and distinct URLs give distinct names."""
+    return urllib.parse.quote(part, safe='').replace('-', '%2D')
+
+
 def _cache_name(url: str) -> Tuple[str, str]:
-    """(the name ``url`` is cached under, the URL's own file name). The cache name is the file
-    name, as torch.hub names it (so a file torch.hub already downloaded is found), except for
-    Hugging Face hub style URLs, ``.../<org>/<repo>/resolve/<revision>/<file>``, whose file names
-    (``model.safetensors``, ``open_clip_pytorch_model.bin``) are the same in every repository:
-    those are cached as ``<org>--<repo>--<revision>--<file>``."""
-    parts = [p for p in urllib.parse.unquote(urllib.parse.urlparse(url).path).split('/') if p]
+    """(the name ``url`` is cached under, the URL's own file name). The name spells out the
+    scheme, host (with port) and every path part, and the query, joined by ``--``
+    (``https--huggingface.co--timm--convnext_tiny.a--resolve--main--model.safetensors``), so two
+    URLs never share an entry, wherever they are hosted and whatever their file is called. A
+    name that would be too long for a file system ends in the URL's SHA-256 instead."""
+    parsed = urllib.parse.urlparse(url)
+    parts = [p for p in urllib.parse.unquote(parsed.path).split('/') if p]
     if not parts or parts[-1] in ('.', '..'):
         raise ValueError(f'checkpoint URL {url} names no file')
-    if 'resolve' in parts[1:-2]:
-        i = parts.index('resolve', 1)
-        return '--'.join(parts[:i] + parts[i + 1:]), parts[-1]
-    return parts[-1], parts[-1]
+    pieces = [parsed.scheme, parsed.netloc] + parts + ([f'?{parsed.query}'] if parsed.query
+                                                      else [])
+    name = '--'.join(_escape(p) for p in pieces)
+    if len(name) > _MAX_CACHE_NAME:
+        digest = hashlib.sha256(url.encode()).hexdigest()
+        name = f'{name[:100]}--{digest}'
+    return name, parts[-1]
 
 
 def download(url: str, model_dir: Optional[str] = None,
              hash_prefix: Optional[str] = None) -> str:
-    """Download ``url`` once into torch's hub cache (``<hub dir>/checkpoints``) and return the
-    path. The file appears under its final name only when complete: a failed or truncated
-    download, or a SHA-256 that does not start with ``hash_prefix`` (default: the hex after
-    the last ``-`` in the file name, torch.hub's convention, when there is one), leaves
-    nothing in the cache."""
-    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    """Download ``url`` once into our folder of torch's hub cache (``<hub dir>/checkpoints/
+    convnext_dense``, one entry per URL, see :func:`_cache_name`) and return the path. The file
+    appears under its final name only when complete: a failed or truncated download, or a
+    SHA-256 that does not start with ``hash_prefix`` (default: the hex after the last ``-`` in
+    the file name, torch.hub's convention, when there is one), leaves nothing in the cache.
+    Files that torch.hub or an older version of this package cached elsewhere are not used: the
+    URL is downloaded again."""
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), CACHE_SUBDIR)
     name, file_name = _cache_name(url)
     path = osp.join(model_dir, name)
     if hash_prefix is None:
@@ -505,7 +658,8 @@ def download(url: str, model_dir: Optional[str] = None,
                                         f'prefix {hash_prefix}; delete it to download again')
         return path
     os.makedirs(model_dir, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=model_dir, prefix=f'.{name}.', suffix='.partial')
+    handle, partial = tempfile.mkstemp(dir=model_dir, prefix=f'.{name[:100]}.',
+                                       suffix='.partial')
     try:
         with os.fdopen(handle, 'wb') as out:
             digest = _stream(url, out)
@@ -516,6 +670,18 @@ def download(url: str, model_dir: Optional[str] = None,
     finally:
         if osp.exists(partial):
             os.remove(partial)
+    return path
+
+
+def verify_sha256(path: str, hash_prefix: Optional[str]) -> str:
+    """``path``, after checking that its SHA-256 starts with ``hash_prefix`` (hex, any case;
+    nothing is checked when it is None or empty)."""
+    if hash_prefix:
+        digest = _sha256(path)
+        if not digest.startswith(hash_prefix.lower()):
+            raise UnsafeCheckpointError(
+                f'checkpoint {path} has SHA-256 {digest}, which does not start with the '
+                f'expected {hash_prefix.lower()} (sha256 in the config); is it another file?')
     return path
 
 

@@ -78,6 +78,19 @@ _DINOV3_EXTRA = r'^(norms\.\d+\.|projectors\.)'  # repeated final norm; EUPE pro
 _FCMAE_DECODER = r'^(decoder\.|proj\.|pred\.|mask_token$)'
 
 
+def check_materialisable(value: torch.Tensor, key: str) -> None:
+    """Raise ``ValueError`` when ``value`` views more elements than its storage holds (a
+    broadcast or overlapping view: making it contiguous would allocate more than the file
+    gave), before any converter copies it."""
+    if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+        return
+    held = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+    if value.numel() > held:
+        raise ValueError(f'{key}: a tensor of shape {tuple(value.shape)} (stride '
+                         f'{tuple(value.stride())}) views {value.numel()} elements of a storage '
+                         f'of {held}; refusing to copy it (a damaged or crafted checkpoint).')
+
+
 def sparse_to_dense_kernel(kernel: torch.Tensor, key: str = 'kernel') -> torch.Tensor:
     """A MinkowskiEngine 2-D kernel as a dense ``nn.Conv2d`` weight.
 
@@ -85,6 +98,7 @@ def sparse_to_dense_kernel(kernel: torch.Tensor, key: str = 'kernel') -> torch.T
     (``MinkowskiDepthwiseConvolution``) -> (C, 1, k, k); K = k * k with kernel-volume index
     kw * k + kh (see the module docstring), so ``weight[o, i, kh, kw] = kernel[kw * k + kh, i, o]``.
     """
+    check_materialisable(kernel, key)
     if kernel.dim() == 2:
         kernel = kernel.unsqueeze(1)  # depthwise: (K, 1, C)
     if kernel.dim() != 3:
@@ -203,6 +217,7 @@ def convert_checkpoint(state_dict: Dict[str, torch.Tensor], prefix: Optional[str
         if re.match(layout.drop, stored):
             continue
         key = _apply_rules(stored, layout.rules)
+        check_materialisable(value, stored)
         if layout.values is not None:
             value = layout.values(stored, value)
         if key.endswith(('.grn.gamma', '.grn.beta')) and value.dim() != 4:
@@ -219,20 +234,31 @@ def load_backbone_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     dict(missing, unexpected).
 
     A URL is downloaded once into torch's hub cache (SHA-256 checked against ``sha256``, a hex
-    prefix, or the hash in the file name) and loaded weights-only like a local file. Missing
+    prefix, or the hash in the file name) and loaded weights-only like a local file; a local
+    file is checked against ``sha256`` too when it is given. Missing
     and unexpected keys are logged in one summary; a shape mismatch raises ``ValueError``
     naming the key and both shapes. A missing local file raises ``FileNotFoundError``.
     """
-    from ..compat.safe_checkpoint import fetch
-    if str(filename).startswith(('http://', 'https://')):
-        filename = fetch(str(filename), hash_prefix=sha256)
-    elif '://' not in str(filename) and not osp.isfile(filename):
+    from ..compat.safe_checkpoint import _resolve, fetch, verify_sha256
+    source = str(filename)
+    filename = _resolve(source)  # torchvision://, open-mmlab://, ... -> URL or path
+    if filename.startswith(('http://', 'https://')):
+        filename = fetch(filename, hash_prefix=sha256)
+    elif '://' in filename:
+        raise ValueError(f'Pretrained checkpoint {filename!r}: unknown URL scheme; give a local '
+                         f'path or an http(s):// URL')
+    elif not osp.isfile(filename):
         raise FileNotFoundError(
             f'Pretrained checkpoint {filename!r} does not exist. Set the backbone\'s '
             f"init_cfg=dict(type='Pretrained', checkpoint=PATH_OR_URL) (or the config's "
             f'load_from) to a file on this machine or a URL, e.g. with --cfg-options '
             f'model.backbone.init_cfg.checkpoint=/path/to/weights.pth')
-    checkpoint = _load_checkpoint(filename, map_location=map_location)
+    else:
+        verify_sha256(filename, sha256)
+    # a named scheme goes through mmengine's loader again (mmcls:// renames keys there)
+    checkpoint = _load_checkpoint(source if source.startswith(('torchvision://', 'modelzoo://',
+                                  'open-mmlab://', 'openmmlab://', 'mmcls://')) else filename,
+                                  map_location=map_location)
     layout = detect_layout(checkpoint, prefix)
     state_dict = convert_checkpoint(checkpoint, prefix=prefix, layout=layout.name)
     own = model.state_dict()
@@ -265,7 +291,8 @@ def load_summary(filename: str, num_loaded: int, missing, unexpected, limit: int
 
 
 def check_checkpoint_fits(model: nn.Module, checkpoint, filename, skip_mismatched: bool = False,
-                          require_all: bool = False, limit: int = 20) -> None:
+                          require_all: bool = False, limit: int = 20,
+                          partial_hint: bool = False) -> None:
     """Raise ``ValueError`` naming the keys and both shapes when ``checkpoint`` (a loaded
     Runner checkpoint or a bare state dict) does not fit ``model``.
 
@@ -308,4 +335,6 @@ def check_checkpoint_fits(model: nn.Module, checkpoint, filename, skip_mismatche
         raise ValueError(
             f'Checkpoint {filename} lacks {len(missing)} of the {len(own)} tensors of this '
             f'{name}, which would stay at their initial values:\n  ' + '\n  '.join(shown) +
-            '\nGive the checkpoint written by training this config.')
+            '\nGive the checkpoint written by training this config' +
+            ('; to fine-tune from it anyway with those tensors left at their initial values, '
+             'pass --skip-mismatched to tools/train.py.' if partial_hint else '.'))

@@ -399,3 +399,22 @@ def test_timm_hub_safetensors_loads_through_init_cfg(tiny, tmp_path, monkeypatch
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in to_timm_dinov3(tiny).items()}, str(path))
     assert_loads_through_init_cfg(tiny, path, 'timm', monkeypatch)
+
+
+def test_converters_refuse_views_larger_than_their_storage_before_copying():
+    """A 4-byte storage viewed with stride 0 at shape (49, 2**24) would become 3.3 GB when a
+    converter makes it contiguous: refused by name first, whatever handed the tensor over."""
+    import resource
+
+    from convnext_dense.models.checkpoint import convert_checkpoint, sparse_to_dense_kernel
+    kernel = torch.zeros(1).expand(49, 1 << 24)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r'stages\.0\.0\.dwconv\.kernel: .* views '
+                                         r'822083584 elements of a storage of 1'):
+        convert_checkpoint({'encoder.stages.0.0.dwconv.kernel': kernel, 'mask_token': kernel})
+    with pytest.raises(ValueError, match='views 822083584 elements'):
+        sparse_to_dense_kernel(kernel)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    # a plain view inside its storage converts as before
+    dense = sparse_to_dense_kernel(torch.arange(49 * 3.).reshape(49, 3))
+    assert dense.shape == (3, 1, 7, 7) and dense[2, 0, 1, 0] == 1 * 3 + 2

@@ -1,0 +1,1 @@
+"""Checkpoint files: reading them safely (:mod:`.pickle_scan`)."""
