@@ -25,8 +25,8 @@
 #
 # Budget: GPU_ALL_BUDGET_S (default 540) seconds from the start, set-up included. Each stage
 # runs under `timeout`: at most its cap, and at most what is left less the minimum of each later
-# stage (the benchmark reserves nothing: it takes what is left); a stage gets at least its own
-# minimum, and is skipped when less than that is left.
+# stage of a-e (the owed checks; f, run before on a GPU, and the benchmark reserve nothing: they
+# take what is left); a stage gets at least its own minimum, and is skipped when less is left.
 #
 # Estimates for one H100 / H200 (from 2.7-4.0 s per Cascade T iteration at batch 2 and 0.47 s per
 # test image as measured there, about 2 minutes of mmcv build, about 10 s to start a tool run):
@@ -35,8 +35,8 @@
 #   under 120 s, the test, --fast with about 40 s of compiling); e 90 s; f 65 s; g 180 s for all
 #   its figures (less gives fewer: the recipe iterations first, the backbone only from 45 s up).
 # So a-f take about 445 s where the iterations are as slow as measured: on a bare machine (400 s
-# left after set-up) f is cut or skipped and the benchmark skipped; a second call with the built
-# mmcv wheel (GPU_ALL_STAGES="f g") runs them.
+# left after set-up) a-e run, f and the benchmark are skipped; a second call with the built mmcv
+# wheel (GPU_ALL_STAGES="g f") runs them.
 # Timeouts (cap / minimum, s): a 90/20, b 240/45, c 150/30, d 240/90, e 240/45, f 180/30, g -/60.
 # Sizes: GPU_CHECK_DET_IMAGES (default 8 here), GPU_CHECK_DET_TEST_IMAGES (4), GPU_CHECK_SEG_ITERS
 # (8), GPU_CHECK_STEP_IMAGES (2) (tests/cuda/test_cuda_recipes.py). The recipe runs need
@@ -231,7 +231,7 @@ for stage in $STAGES; do
   left=$((BUDGET - SECONDS))
   reserve=0 later=0
   for other in $STAGES; do
-    [ $later = 1 ] && [ "$other" != g ] && reserve=$((reserve + ${MIN[$other]:-0}))
+    case $later$other in 1[a-e]) reserve=$((reserve + MIN[$other]));; esac
     [ "$other" = "$stage" ] && later=1
   done
   need=${MIN[$stage]:-0}
