@@ -240,6 +240,17 @@ def test_checkpoint_of_another_shape_or_model_is_an_error(toy_ade, tmp_path):
         check_checkpoint_fits(model, {'state_dict': wrong}, 'classes7.pth')
     check_checkpoint_fits(model, {'state_dict': wrong}, 'classes7.pth', skip_mismatched=True)
     assert train_tool.parse_args([SEG_DEMO, '--skip-mismatched']).skip_mismatched
+    # load_from a checkpoint that lacks tensors stops like tools/test.py, before training,
+    # unless partial loading is asked for
+    common = seg_args(toy_ade, tmp_path / 'ft', 'train_cfg.max_iters=1',
+                      'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+                      f'load_from={tmp_path / "backbone.pth"}')
+    with pytest.raises(ValueError, match=r'(?s)backbone\.pth lacks \d+ of the \d+ tensors.*'
+                                         r'pass --skip-mismatched'):
+        train_tool.main([SEG_DEMO, *common])
+    assert not (tmp_path / 'ft' / 'iter_1.pth').exists()
+    train_tool.main([SEG_DEMO, '--skip-mismatched', *common])
+    assert (tmp_path / 'ft' / 'iter_1.pth').exists()
 
 
 def _coco_dataset(root, ann_file='annotations/instances_train.json', prefix='train/', **kw):
@@ -473,7 +484,7 @@ def test_malicious_checkpoint_never_runs_on_any_loading_path(toy_ade, tmp_path):
     from convnext_dense.compat import UnsafeCheckpointError
     marker = tmp_path / 'pwned'
     evil = evil_checkpoint(tmp_path / 'evil.pth', marker)
-    names_global = r'evil\.pth: it contains (posix|os)\.system'
+    names_global = r"evil\.pth: it contains '(posix|os)\.system'"
     common = seg_args(toy_ade, tmp_path / 'w', 'train_dataloader.num_workers=0',
                       'train_dataloader.persistent_workers=False')
     attempts = {
@@ -491,6 +502,46 @@ def test_malicious_checkpoint_never_runs_on_any_loading_path(toy_ade, tmp_path):
             attempt()
         assert not marker.exists(), f'the payload ran through {path}'
     assert not (tmp_path / 'out.pth').exists()
+
+
+def test_config_text_inside_a_checkpoint_is_never_executed(toy_ade, configs, tmp_path,
+                                                          no_deterministic_leak):
+    """A real training checkpoint given config text that creates a file when executed: in
+    ``meta['config']`` (Runner.resume executes it for its GPU-count check), ``meta['cfg']`` and
+    ``message_hub.runtime_info.cfg`` (inferencers given only weights execute them). --resume,
+    tools/test.py and MMSegInferencer run none of it; the resumed run saves its own config
+    text; the GPU-count check still stops a resume from a 2-GPU run, read by parsing."""
+    from mmseg.apis import MMSegInferencer
+    marker = tmp_path / 'pwned'
+    config = str(configs / 'seg_tiny.py')
+    data = f'data_root={toy_ade}'
+    train_tool.main([config, '--work-dir', str(tmp_path / 'a'), '--cfg-options', data,
+                     'train_cfg.max_iters=2'])
+    checkpoint = torch.load(tmp_path / 'a' / 'iter_2.pth', weights_only=False)  # our own file
+    payload = f"import os\nos.system('touch {marker}')\n"
+    checkpoint['meta']['config'] = payload
+    checkpoint['meta']['cfg'] = payload + checkpoint['meta']['cfg']
+    checkpoint['message_hub']['runtime_info']['cfg'] = payload
+    evil = str(tmp_path / 'evil.pth')
+    torch.save(checkpoint, evil)
+
+    train_tool.main([config, '--work-dir', str(tmp_path / 'b'), '--resume', evil,
+                     '--cfg-options', data, 'train_cfg.max_iters=4'])
+    saved = torch.load(tmp_path / 'b' / 'iter_4.pth', weights_only=False)
+    for text in (saved['meta']['cfg'], saved['message_hub']['runtime_info']['cfg']):
+        assert 'os.system' not in text and 'max_iters = 4' in text.replace('max_iters=4',
+                                                                          'max_iters = 4')
+    test_tool.main([config, evil, '--work-dir', str(tmp_path / 't'), '--cfg-options', data])
+    with pytest.raises(RuntimeError, match=r'evil\.pth carries its training config as text.*'
+                                           r'pass the config file'):
+        MMSegInferencer(model=None, weights=evil, device='cpu')
+
+    checkpoint['meta']['config'] = 'gpu_ids = range(0, 2)\n' + payload
+    torch.save(checkpoint, evil)
+    with pytest.raises(RuntimeError, match='Number of GPUs used for current experiment is not'):
+        train_tool.main([config, '--work-dir', str(tmp_path / 'c'), '--resume', evil,
+                         '--cfg-options', data, 'train_cfg.max_iters=4'])
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------- end to end

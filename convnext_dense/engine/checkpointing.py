@@ -18,6 +18,7 @@ import os
 import os.path as osp
 import re
 import tempfile
+import warnings
 from typing import Optional, Union
 
 from mmengine.fileio import LocalBackend, register_backend
@@ -100,15 +101,20 @@ def find_latest_checkpoint(path: str) -> Optional[str]:
     """The checkpoint named by ``path/last_checkpoint`` if that file exists, else the newest
     ``epoch_N.pth`` / ``iter_N.pth`` in ``path`` (highest N, then newest), else None.
 
-    Unlike mmengine's function of that name, a pointer that is empty (killed while writing it)
-    or names a missing file falls back to the files present.
+    Unlike mmengine's function of that name, a pointer that is empty (killed while writing it),
+    names a missing file, or names a file outside ``path`` (a work dir copied from elsewhere
+    keeps the original's absolute path) falls back to the files present in ``path``.
     """
     save_file = osp.join(path, 'last_checkpoint')
     if osp.isfile(save_file):
         with open(save_file) as f:
-            named = f.read().strip()
-        if named and osp.isfile(named):
-            return named
+            named = f.read(4096).strip()
+        inside = osp.realpath(osp.join(path, named)).startswith(osp.realpath(path) + os.sep)
+        if named and inside and osp.isfile(osp.join(path, named)):
+            return osp.join(path, named)
+        if named and not inside:
+            warnings.warn(f'{save_file} names {named}, which is outside {path}; resuming from '
+                          f'the newest checkpoint in {path} instead.')
     candidates = []
     for name in os.listdir(path) if osp.isdir(path) else []:
         match = _CHECKPOINT_NAME.match(name)

@@ -292,7 +292,8 @@ class CheckpointFitsModelHook(Hook):
             that fit and leave the others (fine-tuning to another number of classes). The
             skipped tensors are taken out of the checkpoint, logged by name with both shapes
             and kept in :attr:`skipped`.
-        require_all (bool): every model tensor must be in the checkpoint (testing).
+        require_all (bool): every model tensor must be in the checkpoint (testing). A resume
+            and a ``load_from`` without ``skip_mismatched`` require it too.
     """
 
     priority = 'VERY_HIGH'
@@ -314,8 +315,11 @@ class CheckpointFitsModelHook(Hook):
         adapt_checkpoint(runner.model, checkpoint, filename, resume=resume,
                          logger=runner.logger)
         skip = self.skip_mismatched and not resume
+        # load_from, like resume and tools/test.py, must fill the whole model unless the user
+        # asked for partial loading (--skip-mismatched)
         check_checkpoint_fits(runner.model, checkpoint, filename, skip_mismatched=skip,
-                              require_all=self.require_all or resume)
+                              require_all=self.require_all or resume or not skip,
+                              partial_hint=not (resume or self.require_all))
         self.skipped = skip_mismatched_tensors(runner.model, checkpoint) if skip else []
         if self.skipped:
             runner.logger.warning(

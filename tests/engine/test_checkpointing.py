@@ -112,3 +112,13 @@ def test_find_latest_checkpoint_skips_a_broken_pointer(tmp_path):
     assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_12.pth'))  # file vanished
     assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_10.pth')
+    # a work dir copied from elsewhere: its pointer names the original's file, never followed
+    elsewhere = tmp_path.parent / f'{tmp_path.name}_original'
+    elsewhere.mkdir()
+    torch.save({}, elsewhere / 'iter_99.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(elsewhere / 'iter_99.pth'))
+    with pytest.warns(UserWarning, match=r'iter_99\.pth, which is outside'):
+        assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_10.pth')
+    (tmp_path / 'last_checkpoint').write_text('../' + elsewhere.name + '/iter_99.pth')
+    with pytest.warns(UserWarning, match='outside'):
+        assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_10.pth')
