@@ -151,19 +151,48 @@ def require_checkpoint(path, what: str = 'checkpoint',
 
 
 # ----------------------------------------------------------------------------- the runner
+STOCK_IMAGE_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
+
+
 def select_components(cfg: Config) -> None:
     """What the tools choose for any config they run: atomic checkpoint writes (a stock
-    ``CheckpointHook`` becomes ``convnext_dense.AtomicCheckpointHook``) and, for a distributed
-    run without GPU that names no ``model_wrapper_cfg``, the CPU-capable DDP wrapper."""
+    ``CheckpointHook`` becomes ``convnext_dense.AtomicCheckpointHook``), the checked image
+    loader in the validation and test pipelines (:func:`check_test_images`) and, for a
+    distributed run without GPU that names no ``model_wrapper_cfg``, the CPU-capable DDP
+    wrapper."""
     from convnext_dense.engine.distributed import accelerator_available
     hook = (cfg.get('default_hooks') or {}).get('checkpoint')
     if hook is not None and hook.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
         hook['type'] = 'convnext_dense.AtomicCheckpointHook'
+    check_test_images(cfg)
     if cfg.get('launcher', 'none') != 'none' and cfg.get('model_wrapper_cfg') is None \
             and not accelerator_available():
         cfg.model_wrapper_cfg = dict(
             type='convnext_dense.AnyDeviceDistributedDataParallel', broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def check_test_images(cfg: Config) -> None:
+    """The stock ``LoadImageFromFile`` of the validation and test pipelines (also inside
+    dataset wrappers) becomes ``convnext_dense.LoadImageFromFileChecked`` with the same
+    arguments: a corrupt or missing image is named instead of failing deep in a transform.
+
+    Our configs keep the stock name in their test pipelines because mmdet's ``DetInferencer``
+    and mmseg's ``MMSegInferencer`` find the loader by that name and replace it; their training
+    pipelines select the checked loader themselves.
+    """
+    for key in ('val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        datasets = [loader.get('dataset')] if isinstance(loader, dict) else []
+        while datasets:
+            dataset = datasets.pop()
+            if not isinstance(dataset, dict):
+                continue
+            for step in dataset.get('pipeline') or []:
+                if isinstance(step, dict) and step.get('type') in STOCK_IMAGE_LOADERS:
+                    step['type'] = 'convnext_dense.LoadImageFromFileChecked'
+            datasets.append(dataset.get('dataset'))
+            datasets.extend(dataset.get('datasets') or [])
 
 
 def init_distributed(cfg: Config) -> None:
@@ -185,10 +214,12 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     :func:`init_distributed`; with ``CheckpointFitsModelHook(**fits)`` registered and the
     datasets of ``splits`` checked (:func:`convnext_dense.datasets.check_dataset_config`)."""
     from convnext_dense.datasets import check_dataset_config
+    from convnext_dense.datasets.classes import check_classes, check_coco_categories
     from convnext_dense.engine import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     select_components(cfg)
+    check_classes(cfg, splits)  # the heads against the datasets' classes, before the log
     init_distributed(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     # a checkpoint of another model or shape is an error, not a warning
@@ -196,7 +227,8 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     for split in splits:  # the model is built (config errors first), the datasets not yet
         loader = cfg.get(f'{split}_dataloader')
         if loader and isinstance(loader.get('dataset'), dict):
-            check_dataset_config(loader['dataset'])
+            for dataset in check_dataset_config(loader['dataset']):
+                check_coco_categories(dataset)
     return runner
 
 

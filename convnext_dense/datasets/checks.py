@@ -179,12 +179,12 @@ def _leaf_configs(cfg: dict) -> List[dict]:
     return [cfg]
 
 
-def check_dataset_config(cfg: dict) -> None:
-    """Build every dataset of a (possibly wrapped) dataset config with the checks, then drop
-    them. What tools/train.py and tools/test.py run before the Runner builds the data loaders
-    (it costs one more reading of the annotations: seconds for COCO)."""
-    for leaf in _leaf_configs(cfg):
-        build_checked_dataset(leaf)
+def check_dataset_config(cfg: dict) -> list:
+    """Build every dataset of a (possibly wrapped) dataset config with the checks and return
+    them (the caller drops them after its own checks). What tools/train.py and tools/test.py
+    run before the Runner builds the data loaders (it costs one more reading of the
+    annotations: seconds for COCO)."""
+    return [build_checked_dataset(leaf) for leaf in _leaf_configs(cfg)]
 
 
 def check_built_dataset(dataset) -> None:
