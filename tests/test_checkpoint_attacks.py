@@ -615,3 +615,21 @@ def test_zip_whose_readers_disagree_cannot_inflate(tmp_path):
         if 'convert' not in how:
             assert 'zip record' in result['outcome'], (how, result)
     assert peak < 48, peak  # the 64 MiB record was never inflated
+
+
+@pytest.mark.parametrize('body, reason', [
+    (call('builtins.set', EMPTY_LIST + MARK + tup(tup(i(1))) + APPENDS),
+     r'set\(\) called with other than one list of constants'),
+    (call('collections.Counter', EMPTY_LIST + MARK + i(1) + APPENDS),
+     'collections.Counter called with other than one dict'),
+    (call('collections.OrderedDict') + EMPTY_LIST + MARK + tup(i(1), i(1)) + APPENDS + BUILD,
+     'BUILD of collections.OrderedDict with a list, not a dict'),
+], ids=['set of nested tuples', 'Counter of a list', 'OrderedDict BUILD with a list of pairs'])
+def test_other_ways_to_hash_what_the_file_built_are_refused(tmp_path, body, reason):
+    """set(list), Counter(list) and an OrderedDict's BUILD with a list hash what they are given,
+    as a dict key would be: only constants may be hashed (depth and size bounds apart)."""
+    from convnext_dense.compat import UnsafeCheckpointError, load_checkpoint
+    path = tmp_path / 'file.pth'
+    write_zip(str(path), wrap(dict_(meta=body), 2))
+    with pytest.raises(UnsafeCheckpointError, match=reason):
+        load_checkpoint(str(path))

@@ -59,10 +59,11 @@ class _Node:
     """What an opcode would have built: its kind, a constant's value or a global's name, the
     children of a tuple, nesting depth, expanded tree size, and whether it sits inside another
     container already (``sealed``)."""
-    __slots__ = ('kind', 'value', 'depth', 'size', 'sealed', 'numel')
+    __slots__ = ('kind', 'value', 'depth', 'size', 'sealed', 'numel', 'keyable')
 
     def __init__(self, kind: str, value=None, children: Iterable['_Node'] = (), numel=None):
         self.kind, self.value, self.numel, self.sealed = kind, value, numel, False
+        self.keyable = True  # a list: every item is a valid key (set(list) hashes them)
         children = list(children)
         self.depth = 1 + max((c.depth for c in children), default=0) if kind in _CONTAINERS \
             else 0
@@ -155,6 +156,7 @@ class _Scan:
             if item is _MARK:
                 raise PickleRefused('a MARK inside a container')
             item.sealed = True
+            target.keyable = target.keyable and _is_key(item)
             target.depth = max(target.depth, item.depth + 1)
             target.size += item.size
         if target.depth > MAX_DEPTH:
@@ -177,9 +179,12 @@ class _Scan:
                          == 'latin1')):
                 raise PickleRefused(f'{name} called with other than (text, "latin1"), the way '
                                     f'pickle writes bytes')
-        elif name == 'builtins.set':
-            if len(argv) > 1 or (argv and argv[0].kind != 'list'):
-                raise PickleRefused('set() called with other than one list')
+        elif name == 'builtins.set':  # set(list) hashes every item
+            if len(argv) > 1 or (argv and not (argv[0].kind == 'list' and argv[0].keyable)):
+                raise PickleRefused('set() called with other than one list of constants')
+        elif name in _MUTABLE_CALLS:  # OrderedDict() / Counter(dict): keys already checked
+            if len(argv) > 1 or (argv and argv[0].kind != 'dict'):
+                raise PickleRefused(f'{name} called with other than one dict')
         elif name in _TENSOR_REBUILDS:
             self.tensor(name, argv)
         elif name == 'torch._utils._rebuild_parameter':
@@ -327,6 +332,8 @@ class _Scan:
         return self.stack[-1]
 
     def fill_state(self, target: _Node, state: _Node) -> None:
+        if target.value in _MUTABLE_CALLS and state.kind != 'dict':
+            raise PickleRefused(f'BUILD of {target.value} with a {state.describe()}, not a dict')
         state.sealed = True
         target.depth = max(target.depth, state.depth + 1)
         target.size += state.size
