@@ -90,7 +90,17 @@ if [ -n "${GPU_SETUP:-}" ]; then
   done
   # shellcheck disable=SC1090
   source "$GPU_SETUP"
-  say "== stage setup: done at ${SECONDS} s, exit $?"
+  rc=$?
+  # a carried wheel built elsewhere that does not load here is rebuilt by the set-up
+  if ! python3 -c 'from mmcv.ops import nms' 2>"$OUT_DIR/mmcv_import.err" && \
+      ls "$DIST"/mmcv-*.whl >/dev/null 2>&1; then
+    say "   the mmcv wheel does not load ($(tail -n 1 "$OUT_DIR/mmcv_import.err")): rebuilding"
+    rm -f "$DIST"/mmcv-*.whl
+    # shellcheck disable=SC1090
+    source "$GPU_SETUP"
+    rc=$?
+  fi
+  say "== stage setup: done at ${SECONDS} s, exit $rc"
   if ls "$DIST"/*.whl >/dev/null 2>&1; then
     mkdir -p "$OUT_DIR/dist" && cp "$DIST"/*.whl "$OUT_DIR/dist/"
   fi

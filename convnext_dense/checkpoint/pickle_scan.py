@@ -121,13 +121,17 @@ class _Scan:
         items, self.stack = self.stack, self.metastack.pop()
         return items
 
-    def push(self, node: _Node) -> None:
+    def bound(self, node: _Node) -> _Node:
+        """``node``, unless it nests too deep or expands beyond the file's size budget."""
         if node.depth > MAX_DEPTH:
             raise PickleRefused(f'containers nested deeper than {MAX_DEPTH} levels')
         if node.size > self.size_budget:
             raise PickleRefused('shared references that expand to a tree far larger than the '
                                 'file (a pickle bomb)')
-        self.stack.append(node)
+        return node
+
+    def push(self, node: _Node) -> None:
+        self.stack.append(self.bound(node))
 
     def container(self, kind, children=(), value=None, numel=None) -> _Node:
         children = list(children)
@@ -135,8 +139,7 @@ class _Scan:
             if child is _MARK:
                 raise PickleRefused('a MARK inside a container')
             child.sealed = True
-        node = _Node(kind, value, children, numel)
-        return node
+        return _Node(kind, value, children, numel)
 
     def fill(self, target: _Node, items: list, what: str, keyed: bool) -> None:
         """APPEND(S) / SETITEM(S) on ``target``: grows its depth and size in place."""
@@ -159,11 +162,7 @@ class _Scan:
             target.keyable = target.keyable and _is_key(item)
             target.depth = max(target.depth, item.depth + 1)
             target.size += item.size
-        if target.depth > MAX_DEPTH:
-            raise PickleRefused(f'containers nested deeper than {MAX_DEPTH} levels')
-        if target.size > self.size_budget:
-            raise PickleRefused('shared references that expand to a tree far larger than the '
-                                'file (a pickle bomb)')
+        self.bound(target)
 
     # -- calls
     def call(self, func: _Node, args: _Node) -> _Node:
@@ -190,8 +189,7 @@ class _Scan:
         elif name == 'torch._utils._rebuild_parameter':
             if not argv or argv[0].kind != 'object' or argv[0].value not in _TENSOR_REBUILDS:
                 raise PickleRefused('a Parameter built from other than a tensor')
-        node = self.container('object', argv, value=name)
-        return node
+        return self.container('object', argv, value=name)
 
     def tensor(self, name: str, argv: tuple) -> None:
         """Refuse a tensor whose view reaches beyond its storage or holds more elements than
@@ -239,12 +237,11 @@ class _Scan:
         return _Node('storage', itemsize, numel=numel)
 
     # -- the walk
-    def run(self, data, start: int) -> int:
+    def run(self, data) -> None:
         try:
-            ops = pickletools.genops(data)
-            for opcode, arg, pos in ops:
+            for opcode, arg, _ in pickletools.genops(data):
                 if self.step(opcode.name, arg):
-                    return pos + 1
+                    return
         except (ValueError, EOFError) as error:
             if isinstance(error, PickleRefused):
                 raise
@@ -337,9 +334,7 @@ class _Scan:
         state.sealed = True
         target.depth = max(target.depth, state.depth + 1)
         target.size += state.size
-        if target.depth > MAX_DEPTH or target.size > self.size_budget:
-            raise PickleRefused(f'containers nested deeper than {MAX_DEPTH} levels, or '
-                                f'shared references far larger than the file')
+        self.bound(target)
 
 
 def scan_pickle(data, allowed: Callable[[str], bool],
@@ -360,7 +355,7 @@ def scan_pickle(data, allowed: Callable[[str], bool],
         PickleTruncated: the stream ends or breaks before STOP.
     """
     scan = _Scan(allowed, element_size, file_size)
-    scan.run(data, data.tell())
+    scan.run(data)
     if scan.view_bytes > 4 * file_size + (1 << 20):
         raise PickleRefused(f'its tensors view {scan.view_bytes} bytes, far more than the '
                             f'{file_size} bytes of the file (storages shared by many views)')
