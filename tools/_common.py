@@ -28,9 +28,13 @@ def add_common_args(parser) -> None:
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. train_dataloader.batch_size=2 '
-                        'data_root=/path "model.backbone.out_indices=[0,1]". A key that is '
-                        'not in the config but close to one that is (a typo) is refused; '
-                        'prefix a key with + to add it anyway (+model.backbone.new_key=1)')
+                        'data_root=/path "model.backbone.out_indices=[0,1]". A top-level '
+                        'variable of the config file (max_iters=4, num_classes=3) is applied '
+                        'where the file used it (the config is re-read with the new value). '
+                        'A key that is not in the config but close to one that is (a typo), '
+                        'or a new top-level key that nothing reads, is refused; prefix a key '
+                        'with + to add it anyway (+model.backbone.new_key=1). Entries of a '
+                        'list by index: model.roi_head.bbox_head.0.num_classes=3')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher (none: one process)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
@@ -50,13 +54,19 @@ def load_config(args) -> Config:
         raise FileNotFoundError(f'config file {args.config} does not exist; give the path of '
                                 f'a config, e.g. configs/detection/cascade_convnext_t_coco.py')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    from _overrides import apply_variables
     cfg = Config.fromfile(args.config)
     old_root = cfg.get('data_root')
     options = check_cfg_options(cfg, args.cfg_options or {}, args.config)
-    if options:
-        cfg.merge_from_dict(options)
-    if 'data_root' in options:
-        _propagate_data_root(cfg, old_root, options['data_root'])
+    # a top-level variable (max_iters, num_classes, data_root, ...) is applied where the
+    # config used it, by re-reading the config with the new value
+    cfg, rest, notes = apply_variables(cfg, args.config, options)
+    for note in notes:
+        print(note, flush=True)
+    if rest:
+        cfg.merge_from_dict(rest)
+    if 'data_root' in options:  # also datasets that name their own data_root
+        _propagate_data_root(cfg, None if notes else old_root, cfg.data_root)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -85,6 +95,8 @@ def check_cfg_options(cfg, options: dict, config_path: str = 'the config') -> di
     accepted (configs are open-ended), and a leading ``+`` forces a new key (it is stripped).
     Returns the options to merge."""
     import difflib
+
+    from _overrides import RUNNER_KEYS, same_named_keys
     checked = {}
     for key, value in options.items():
         if key.startswith('+'):
@@ -92,7 +104,26 @@ def check_cfg_options(cfg, options: dict, config_path: str = 'the config') -> di
             continue
         checked[key] = value
         node, walked = cfg._cfg_dict, []
-        for part in key.split('.'):
+        parts = key.split('.')
+        top = parts[0]
+        if top not in node and top not in RUNNER_KEYS and not difflib.get_close_matches(
+                top, [str(k) for k in node], n=1, cutoff=0.8):
+            same = same_named_keys(cfg, top)
+            text = _option_text(value)
+            instead = (f'; the keys named {top} are {" ".join(same)}: set those, e.g. '
+                       + ' '.join(f'{k}={text}' for k in same[:4])) if same else ''
+            raise CfgOptionError(
+                f'--cfg-options {key}: {config_path} has no top-level variable {top}, so '
+                f'nothing would read it{instead}; write +{key}=... to add the key anyway.')
+        for i, part in enumerate(parts):
+            if isinstance(node, (list, tuple)) and not part.isdigit():
+                rest = '.'.join(parts[i:])
+                at = '.'.join(walked)
+                text = _option_text(value)
+                raise CfgOptionError(
+                    f'--cfg-options {key}: {at} in {config_path} is a list of {len(node)}; '
+                    f'set each entry by its index: '
+                    + ' '.join(f'{at}.{j}.{rest}={text}' for j in range(len(node))))
             if isinstance(node, (list, tuple)) and part.isdigit():
                 if int(part) >= len(node):
                     raise CfgOptionError(
@@ -115,6 +146,11 @@ def check_cfg_options(cfg, options: dict, config_path: str = 'the config') -> di
                 break
             walked.append(part)
     return checked
+
+
+def _option_text(value) -> str:
+    """``value`` as it is written on the command line (``3``, ``abc``, ``[1,2]``)."""
+    return value if isinstance(value, str) else repr(value).replace(' ', '')
 
 
 def _propagate_data_root(cfg: Config, old_root, data_root: str) -> None:
@@ -218,7 +254,10 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     from convnext_dense.engine import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    from _overrides import ConfigError, check_model_builds, explain_build_error
     select_components(cfg)
+    path = getattr(cfg, 'filename', None) or 'the config'
+    check_model_builds(cfg, path)  # typos and unknown archs before the config is logged
     check_classes(cfg, splits)  # the heads against the datasets' classes, before the log
     init_distributed(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
@@ -227,7 +266,14 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     for split in splits:  # the model is built (config errors first), the datasets not yet
         loader = cfg.get(f'{split}_dataloader')
         if loader and isinstance(loader.get('dataset'), dict):
-            for dataset in check_dataset_config(loader['dataset']):
+            try:
+                datasets = check_dataset_config(loader['dataset'])
+            except (KeyError, TypeError) as error:  # a typo in a dataset or pipeline
+                message = explain_build_error(error, cfg, path)
+                if message is None:
+                    raise
+                raise ConfigError(message) from error
+            for dataset in datasets:
                 check_coco_categories(dataset)
     return runner
 
@@ -236,8 +282,9 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
 def _expected_types() -> tuple:
     from convnext_dense.compat import DamagedCheckpointError, UnsafeCheckpointError
     from convnext_dense.datasets import CorruptImageError, DatasetError
+    from _overrides import ConfigError
     return (FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError, CfgOptionError,
-            DatasetError, CorruptImageError)
+            DatasetError, CorruptImageError, ConfigError)
 
 
 _OURS = (osp.dirname(osp.abspath(convnext_dense.__file__)), osp.dirname(osp.abspath(__file__)))
