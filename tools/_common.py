@@ -99,6 +99,15 @@ def check_cfg_options(cfg, options: dict, config_path: str = 'the config') -> di
     from _overrides import RUNNER_KEYS, same_named_keys
     checked = {}
     for key, value in options.items():
+        written = [v for v in (value if isinstance(value, (list, tuple)) else [value])
+                   if isinstance(v, str) and v.replace(' ', '').startswith('dict(')]
+        if written:
+            index = '.0' if isinstance(value, (list, tuple)) else ''
+            hint = ' (TensorBoard: tools/train.py --vis tensorboard)' \
+                if 'vis_backends' in key else ''
+            raise CfgOptionError(
+                f'--cfg-options {key}: {written[0]} stays a string on the command line; set '
+                f'the keys inside it one by one, e.g. {key.lstrip("+")}{index}.type=...{hint}')
         if key.startswith('+'):
             checked[key[1:]] = value
             continue

@@ -1,7 +1,7 @@
 """Train a detector (default_scope 'mmdet') or a segmentor (default_scope 'mmseg').
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp [{fp16,bf16}]]
-                          [--skip-mismatched] [--cfg-options KEY=VALUE ...]
+                          [--skip-mismatched] [--vis tensorboard] [--cfg-options KEY=VALUE ...]
                           [--launcher {none,pytorch,slurm}] [--debug]
 
 A checkpoint given as load_from or --resume CKPT must exist and fit the model: a tensor of
@@ -34,8 +34,46 @@ def parse_args(argv=None):
                         help='automatic mixed precision (AmpOptimWrapper): fp16 (the default '
                         'without a value) with dynamic loss scaling, or bf16 without loss '
                         'scaling (a GPU with bf16: Ampere or newer)')
+    parser.add_argument('--vis', choices=['tensorboard'], action='append', default=[],
+                        help='also log scalars (losses, lr, metrics) for TensorBoard, under '
+                        '<work dir>/<timestamp>/vis_data; needs the optional package: pip '
+                        'install ".[tensorboard]"')
     add_common_args(parser)
     return parser.parse_args(argv)
+
+
+TENSORBOARD_INSTALL = 'pip install ".[tensorboard]" (or pip install tensorboard)'
+
+
+def _tensorboard_missing() -> bool:
+    """Whether mmengine's TensorboardVisBackend would fail to import its writer."""
+    import importlib.util
+    return importlib.util.find_spec('tensorboard') is None and \
+        importlib.util.find_spec('tensorboardX') is None
+
+
+def setup_visualization(cfg, backends=()) -> None:
+    """Add the ``--vis`` backends to ``cfg.visualizer.vis_backends``, and stop with one line
+    naming the install command when a TensorBoard backend (from ``--vis`` or the config) has
+    no package to write with."""
+    visualizer = cfg.get('visualizer')
+    if backends and visualizer is None:
+        raise KeyError('--vis needs a visualizer in the config (e.g. '
+                       "visualizer = dict(type='DetLocalVisualizer', vis_backends=[...])).")
+    if visualizer is None:
+        return
+    current = list(visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
+    for backend in backends:
+        if not any(str(b.get('type', '')).endswith('TensorboardVisBackend') for b in current):
+            current.append(dict(type='TensorboardVisBackend'))
+    visualizer.vis_backends = current
+    uses_tensorboard = any(isinstance(b, dict) and
+                           str(b.get('type', '')).endswith('TensorboardVisBackend')
+                           for b in current)
+    if uses_tensorboard and _tensorboard_missing():
+        raise ModuleNotFoundError(f'TensorBoard logging (--vis tensorboard or a '
+                                  f'TensorboardVisBackend in the config) needs the tensorboard '
+                                  f'package: {TENSORBOARD_INSTALL}.')
 
 
 def _setup_amp(cfg, requested=None) -> None:
@@ -89,6 +127,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
     _setup_amp(cfg, args.amp)
+    setup_visualization(cfg, args.vis)
     resolve_resume(cfg, args.resume)
     explicit = args.resume not in (None, 'auto')
     require_checkpoint(cfg.get('load_from'), '--resume checkpoint' if explicit else

@@ -18,7 +18,8 @@ CASCADE_T = osp.join(REPO, 'configs', 'detection', 'cascade_convnext_t_coco.py')
 
 
 def _args(config, *options, work_dir='/nonexistent/work'):
-    return train.parse_args([config, '--work-dir', work_dir, '--cfg-options', *options])
+    return train.parse_args([config, '--work-dir', work_dir]
+                            + (['--cfg-options', *options] if options else []))
 
 
 def _error(capsys, argv):
@@ -142,3 +143,32 @@ def test_unknown_arch_stops_before_the_config_is_logged(tmp_path):
         'v2-atto, v2-femto, v2-pico, v2-nano, v2-tiny, v2-base, v2-large, v2-huge; or pass '
         'dict(depths=[...], dims=[...]).\n')
     assert not (tmp_path / 'work').exists()  # the Runner (and its config dump) never started
+
+
+def test_vis_tensorboard_adds_the_backend_or_names_the_install_command(capsys, monkeypatch,
+                                                                      tmp_path):
+    cfg = _common.load_config(_args(SEG_DEMO))
+    monkeypatch.setattr(train, '_tensorboard_missing', lambda: False)
+    train.setup_visualization(cfg, ['tensorboard'])
+    assert [b['type'] for b in cfg.visualizer.vis_backends] == ['LocalVisBackend',
+                                                                'TensorboardVisBackend']
+    monkeypatch.setattr(train, '_tensorboard_missing', lambda: True)
+    line = _error(capsys, [SEG_DEMO, '--work-dir', str(tmp_path / 'work'), '--vis',
+                           'tensorboard'])
+    assert line == ('error: TensorBoard logging (--vis tensorboard or a TensorboardVisBackend '
+                    'in the config) needs the tensorboard package: pip install ".[tensorboard]" '
+                    '(or pip install tensorboard).')
+    assert not (tmp_path / 'work').exists()
+    # the backend named through --cfg-options: the same line, not a traceback at the first log
+    line = _error(capsys, [SEG_DEMO, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                           'visualizer.vis_backends.0.type=TensorboardVisBackend'])
+    assert line.startswith('error: TensorBoard logging')
+
+
+def test_dict_syntax_on_the_command_line_is_refused(capsys, tmp_path):
+    line = _error(capsys, [SEG_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
+                           "visualizer.vis_backends=[dict(type='TensorboardVisBackend')]"])
+    assert line == ("error: --cfg-options visualizer.vis_backends: "
+                    "dict(type='TensorboardVisBackend') stays a string on the command line; set "
+                    'the keys inside it one by one, e.g. visualizer.vis_backends.0.type=... '
+                    '(TensorBoard: tools/train.py --vis tensorboard)')

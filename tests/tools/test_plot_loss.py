@@ -49,3 +49,16 @@ def test_clear_errors(tmp_path, capsys):
     path.write_text('{"loss": 1.0, "step": 1}\nnot json\n')
     assert plot_loss.main([str(path)]) == 2
     assert 'scalars.json:2: not a JSON line' in capsys.readouterr().err
+
+
+def test_one_logged_iteration_is_a_dot_and_a_note(tmp_path, capsys):
+    path = write_run(tmp_path, '20260105_000000', [dict(loss=1.5, loss_cls=1.0, step=20)], 5000)
+    assert plot_loss.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        f'loss curve of {path} written to {tmp_path / "loss.png"}',
+        f'plot_loss.py: note: {path} has 1 logged training iteration (20), so there is no curve '
+        'to draw, only a point; the logger writes every default_hooks.logger.interval '
+        'iterations: train longer, or lower it with tools/train.py --cfg-options '
+        'default_hooks.logger.interval=1.']
+    assert (tmp_path / 'loss.png').read_bytes().startswith(b'\x89PNG')

@@ -81,8 +81,9 @@ def plot(path: str, out: str, keys: Optional[List[str]] = None, title: Optional[
     for key in keys:
         points = [(r['step'], r[key]) for r in train if key in r and 'step' in r]
         xs, ys = zip(*points)
+        # a single logged iteration is no line: draw it as a dot
         ax.plot(xs, ys, label=key, linewidth=2.0 if key == 'loss' else 0.9,
-                alpha=1.0 if key == 'loss' else 0.75)
+                alpha=1.0 if key == 'loss' else 0.75, marker='o' if len(points) < 2 else None)
     ax.set_xlabel('iteration')
     ax.set_ylabel('training loss (log scale)')
     ax.set_yscale('log')
@@ -121,6 +122,13 @@ def main(argv=None) -> int:
         print(f'plot_loss.py: error: {error}', file=sys.stderr)
         return 2
     print(f'loss curve of {path} written to {out}')
+    steps = sorted({r['step'] for r in read_scalars(path)[0] if 'step' in r})
+    if len(steps) < 2:
+        print(f'plot_loss.py: note: {path} has {len(steps)} logged training iteration'
+              f'{"s" if len(steps) != 1 else ""} ({", ".join(map(str, steps))}), so there is '
+              f'no curve to draw, only a point; the logger writes every '
+              f'default_hooks.logger.interval iterations: train longer, or lower it with '
+              f'tools/train.py --cfg-options default_hooks.logger.interval=1.')
     return 0
 
 
