@@ -25,15 +25,55 @@ from ..registry import MODEL_WRAPPERS
 class AnyDeviceDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's ``MMDistributedDataParallel`` that also wraps a model on the CPU.
 
-    For a module whose parameters are all on the CPU, ``device_ids`` (which mmengine's Runner
-    always passes) is dropped, as DDP requires; on GPUs it behaves as its parent.
+    For a module whose parameters are all on the CPU:
+
+    - ``device_ids`` (which mmengine's Runner always passes) is dropped, as DDP requires;
+    - ``SyncBatchNorm`` layers, which DDP refuses on the CPU ("SyncBatchNorm layers only work
+      with GPU modules"), become BatchNorm with per-process statistics, as mmengine does for a
+      one-process run (with a warning).
+
+    On any device, a gradient whose strides differ from its parameter's only along dimensions
+    of size 1 (the CPU depthwise-convolution kernels return the ``[C, 1, 7, 7]`` weight
+    gradient as ``(49, 1, 7, 1)`` for a ``(49, 49, 7, 1)`` parameter: the same memory) is
+    viewed with the parameter's strides before DDP reads it, so DDP neither warns "Grad
+    strides do not match bucket view strides" nor copies it at every step.
     """
 
     def __init__(self, module, **kwargs) -> None:
-        if kwargs.get('device_ids') is not None and all(
-                p.device.type == 'cpu' for p in module.parameters()):
-            kwargs['device_ids'] = None
+        if all(p.device.type == 'cpu' for p in module.parameters()):
+            if kwargs.get('device_ids') is not None:
+                kwargs['device_ids'] = None
+            module = _without_sync_batchnorm(module)
+        _match_grad_strides(module)
         super().__init__(module=module, **kwargs)
+
+
+def _without_sync_batchnorm(module):
+    from mmengine.model import revert_sync_batchnorm
+    if not any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()):
+        return module
+    warnings.warn('Distributed training on CPU processes: SyncBatchNorm layers need GPUs, so '
+                  'they become BatchNorm layers with statistics per process (as in a '
+                  'one-process run); the batch statistics are not synchronised across '
+                  'processes.')
+    return revert_sync_batchnorm(module)
+
+
+def _restride(grad, shape, strides):
+    """``grad`` viewed with ``strides`` when they differ only where the size is 1."""
+    if grad is None or grad.layout != torch.strided or grad.stride() == strides or \
+            any(a != b and n != 1 for a, b, n in zip(grad.stride(), strides, shape)):
+        return grad
+    return grad.as_strided(shape, strides)
+
+
+def _match_grad_strides(module) -> None:
+    """A gradient hook on every parameter with a dimension of size 1 (see
+    :class:`AnyDeviceDistributedDataParallel`)."""
+    for param in module.parameters():
+        if param.requires_grad and param.dim() > 1 and 1 in param.shape:
+            shape, strides = tuple(param.shape), param.stride()
+            param.register_hook(lambda grad, s=shape, t=strides: _restride(grad, s, t))
 
 
 def accelerator_available() -> bool:
