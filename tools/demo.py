@@ -212,8 +212,12 @@ class Predictor:
             listed = ', '.join(f'{name} {n}' for name, n in counts.most_common())
             return f'{total} detection{"s" if total != 1 else ""} ({listed})'
         pixels = sum(counts.values()) or 1
-        top = ', '.join(f'{name} {100 * n / pixels:.0f}%' for name, n in counts.most_common(3))
+        top = ', '.join(f'{name} {_percent(n / pixels)}' for name, n in counts.most_common(3))
         return f'{len(counts)} class{"es" if len(counts) != 1 else ""}, largest {top}'
+
+
+def _percent(share: float) -> str:
+    return '<1%' if 0 < share < 0.005 else f'{100 * share:.0f}%'
 
 
 # ----------------------------------------------------------------------------- running
@@ -222,7 +226,7 @@ def _progress(total: int, enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     console = Console(highlight=False, soft_wrap=True)
-    if not enabled:
+    if not enabled or not console.is_terminal:  # a log file gets the lines only
         return None, console
     progress = Progress('[progress.description]{task.description}', BarColumn(),
                         MofNCompleteColumn(), TimeRemainingColumn(), console=console,
@@ -276,8 +280,9 @@ def run_video(predictor: Predictor, path: str, out_dir: str) -> Counter:
     out_file = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '.mp4')
     progress, console = _progress(frames or 0, enabled=True)
     writer, seen, done = None, Counter(), 0
-    progress.start()
-    task = progress.add_task('frames', total=frames)
+    if progress is not None:
+        progress.start()
+        task = progress.add_task('frames', total=frames)
     try:
         while True:
             ok, frame = capture.read()
@@ -292,9 +297,11 @@ def run_video(predictor: Predictor, path: str, out_dir: str) -> Counter:
             writer.write(drawn)
             seen.update(predictor.counts(sample))
             done += 1
-            progress.advance(task)
+            if progress is not None:
+                progress.advance(task)
     finally:
-        progress.stop()
+        if progress is not None:
+            progress.stop()
         capture.release()
         if writer is not None:
             writer.release()

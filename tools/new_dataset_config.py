@@ -296,7 +296,7 @@ def write_config(cfg, args, out: str, root: str) -> list:
         if sys.argv and sys.argv[0].endswith('new_dataset_config.py') else \
         'tools/new_dataset_config.py'
     lines = [
-        f'# {osp.basename(args.recipe)} fine-tuned on your {kind}-format dataset in',
+        f'# {osp.basename(args.recipe)} for your {kind}-format dataset in',
         f'# {root} ({len(classes)} classes). Written by',
         f'#   python {command}',
         '# Train with: python tools/train.py ' + out,
