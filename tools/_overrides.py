@@ -96,6 +96,7 @@ def reparse_with_variables(config_path: str, values: Dict[str, object]):
     root = osp.commonpath([osp.dirname(f) for f in files])
     assigned = set()
     with tempfile.TemporaryDirectory(prefix='cfg_options_') as tmp:
+        copies = {path: osp.join(tmp, osp.relpath(path, root)) for path in files}
         for path in files:
             with open(path, encoding='utf-8') as f:
                 source = f.read()
@@ -108,7 +109,11 @@ def reparse_with_variables(config_path: str, values: Dict[str, object]):
             for start, end, name in sorted(spans, reverse=True):
                 source = source[:start] + repr(_plain(values[name])) + source[end:]
                 assigned.add(name)
-            target = osp.join(tmp, osp.relpath(path, root))
+            for original, copy_path in copies.items():  # _base_ given as an absolute path
+                for quote in ("'", '"'):
+                    source = source.replace(f'{quote}{original}{quote}',
+                                            f'{quote}{copy_path}{quote}')
+            target = copies[path]
             os.makedirs(osp.dirname(target), exist_ok=True)
             with open(target, 'w', encoding='utf-8') as f:
                 f.write(source)
@@ -118,7 +123,13 @@ def reparse_with_variables(config_path: str, values: Dict[str, object]):
                 f'--cfg-options {missing[0]}: {config_path} takes {missing[0]} from a config '
                 f'outside its folder tree (another package); set the keys that use it '
                 f'instead.')
-        parsed = Config.fromfile(osp.join(tmp, osp.relpath(osp.abspath(config_path), root)))
+        parsed = Config.fromfile(copies[osp.abspath(config_path)])
+        for name, value in values.items():
+            if _plain(parsed.get(name)) != _plain(value):
+                raise ConfigError(
+                    f'--cfg-options {name}: {config_path} could not be re-read with the new '
+                    f'value (its files name {name} in a way this tool does not follow); set '
+                    f'the keys that use it instead.')
         return Config(parsed.to_dict(), filename=osp.abspath(config_path))
 
 

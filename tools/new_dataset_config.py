@@ -181,7 +181,9 @@ def _coco_paths(cfg, args, root: str) -> dict:
     return found
 
 
-def _coco_classes(args, ann_file: str):
+def _coco_classes(args, ann_file: str, shown: str):
+    """The class names in the file's order (``shown``: the file as the user named it) and a
+    note when they were reordered."""
     categories = _coco_categories(ann_file)
     names = [name for _, name in categories]
     if not args.classes:
@@ -192,13 +194,13 @@ def _coco_classes(args, ann_file: str):
         close = [difflib.get_close_matches(m, names, n=1, cutoff=0.6) for m in missing]
         hint = ''.join(f' ({m!r}: did you mean {c[0]!r}?)' for m, c in zip(missing, close) if c)
         raise RecipeError(f'--classes: {", ".join(map(repr, missing))} not among the '
-                          f'{len(names)} categories of {ann_file}{hint}; they are: '
+                          f'{len(names)} categories of {shown}{hint}; they are: '
                           f'{", ".join(names)}.')
     if len(set(args.classes)) != len(args.classes):
         raise RecipeError('--classes names a class twice.')
     ordered = [name for name in names if name in set(args.classes)]
     note = None if ordered == list(args.classes) else (
-        f'classes kept in the order of the categories of {ann_file}: {" ".join(ordered)}')
+        f'classes kept in the order of the categories of {shown}: {" ".join(ordered)}')
     return ordered, note
 
 
@@ -210,7 +212,8 @@ def build_overrides(cfg, args, root: str):
     notes, tree = [], {}
     if scope == 'mmdet':
         paths = _coco_paths(cfg, args, root)
-        classes, note = _coco_classes(args, osp.join(root, paths['train'][0]))
+        classes, note = _coco_classes(args, osp.join(root, paths['train'][0]),
+                                      osp.join(args.data_root, paths['train'][0]))
         if note:
             notes.append(note)
     elif scope == 'mmseg':

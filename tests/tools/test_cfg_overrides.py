@@ -67,6 +67,14 @@ def test_data_root_variable_keeps_its_folder_slash():
     assert cfg.val_evaluator.ann_file == '/data/shapes/annotations/instances_val.json'
 
 
+def test_variables_of_a_base_named_by_its_absolute_path(tmp_path):
+    child = tmp_path / 'child.py'
+    child.write_text(f'_base_ = "{SEG_DEMO}"\ntrain_dataloader = dict(batch_size=2)\n')
+    cfg = _common.load_config(_args(str(child), 'data_root=/data/shapes', 'max_iters=4'))
+    assert cfg.train_dataloader.dataset.data_root == '/data/shapes'
+    assert cfg.train_cfg.max_iters == 4 and cfg.train_dataloader.batch_size == 2
+
+
 def test_a_top_level_key_nothing_reads_is_refused(capsys, tmp_path):
     line = _error(capsys, [CASCADE_T, '--work-dir', str(tmp_path), '--cfg-options',
                            'num_classes=3'])
