@@ -442,3 +442,20 @@ def test_sha256_pin_is_checked_for_local_files(tmp_path):
                                           sha256='00000000')).init_weights()
     ConvNeXt('v2-atto', init_cfg=dict(type='Pretrained', checkpoint=str(path),
                                       sha256=digest[:16].upper())).init_weights()
+
+
+def test_zip_records_match_torchs_reader_on_a_real_checkpoint(tmp_path):
+    """The strict directory reading finds every record of a torch.save file at the offset
+    torch's own reader gives (the pre-pass uses no reader method newer than torch 2.x's
+    get_all_records / get_record_offset; torch 2.11 has no get_record_size)."""
+    from convnext_dense.checkpoint.zip_records import zip_records
+    path = tmp_path / 'real.pth'
+    torch.save({'a': torch.arange(1000.), 'b': torch.zeros(3, dtype=torch.int64)}, str(path))
+    with open(path, 'rb') as f:
+        records = zip_records(f, os.path.getsize(path))
+    reader = torch._C.PyTorchFileReader(str(path))
+    assert sorted(r.name.split('/', 1)[1] for r in records) == sorted(reader.get_all_records())
+    for record in records:
+        assert record.offset == reader.get_record_offset(record.name.split('/', 1)[1])
+        assert record.method == 0 and record.compressed == record.size
+    assert {r.name.split('/', 1)[1]: r.size for r in records}['data/0'] == 4000

@@ -54,6 +54,7 @@ import torch
 
 from ..checkpoint.pickle_scan import (PickleRefused, PickleTruncated, UnknownGlobal, bounded,
                                       scan_pickle)
+from ..checkpoint.zip_records import BadZip, zip_records
 
 TRUST_ENV = 'CONVNEXT_DENSE_TRUST_CHECKPOINTS'
 
@@ -382,38 +383,48 @@ def _prepass(filename: str) -> None:
     nothing executed) and compare the storages it declares with the bytes the file holds,
     before ``torch.load`` reads or allocates anything.
 
-    A zip checkpoint is read with torch's own zip reader (``PyTorchFileReader``), the one
-    ``torch.load`` uses, so both see the same records: each must lie inside the file without
-    overlapping another (so no record can inflate beyond the file), names must be unique,
-    and each storage may declare at most its record's bytes. Any other file is torch's legacy
-    format: five pickles (magic number, protocol, system info, the object, storage keys), then
-    the storages, which together must fit in the rest of the file."""
+    A zip checkpoint's directory is read as torch's own zip reader (``PyTorchFileReader``)
+    finds it (:func:`~convnext_dense.checkpoint.zip_records.zip_records`), and that reader must
+    list the same records at the same offsets: where two readers could disagree, the file is
+    refused. Every record must be stored (not compressed, so none can inflate), inside the
+    file and apart from the others, and each storage may declare at most its record's bytes.
+    Any other file is torch's legacy format: five pickles (magic number, protocol, system
+    info, the object, storage keys), then the storages, which must fit in the rest of the
+    file."""
     size = os.path.getsize(filename)
     with open(filename, 'rb') as f:
         is_zip = f.read(4) == b'PK\x03\x04'  # torch.serialization._is_zipfile's test
+        try:
+            records = zip_records(f, size) if is_zip else None
+        except BadZip as error:
+            raise DamagedCheckpointError(f'not a zip archive torch reads as we do: {error}') \
+                from None
     if is_zip:
         try:
             reader = torch._C.PyTorchFileReader(filename)
             names = reader.get_all_records()
-            spans = sorted((reader.get_record_offset(n), reader.get_record_size(n), n)
-                           for n in names)
+            offsets = {n: reader.get_record_offset(n) for n in names}
         except RuntimeError as error:
             raise DamagedCheckpointError(_bounded_reason(error)) from None
-        if len(set(names)) != len(names):
-            _refuse('the zip archive names a record twice')
+        root = records[0].name.split('/', 1)[0] + '/' if records else ''
+        ours = {r.name[len(root):]: r for r in records}
+        if len(ours) != len(records) or len(set(names)) != len(names) or set(ours) != set(
+                names) or any(ours[n].offset != offsets[n] for n in names):
+            _refuse('torch\'s zip reader and a strict reading of the archive see different '
+                    'records (two central directories?)')
         end = 0
-        for offset, nbytes, name in spans:
-            if offset < end or offset + nbytes > size:
-                _refuse(f'zip record {bounded(name)} ({nbytes} bytes at offset {offset}) '
-                        f'overlaps another record or reaches beyond the {size}-byte file '
-                        f'(compressed records inflate; torch.save never writes them)')
-            end = offset + nbytes
-        if 'data.pkl' not in names:
+        for record in sorted(records, key=lambda r: r.offset):
+            if record.method != 0 or record.compressed != record.size or record.offset < end \
+                    or record.offset + record.size > size:
+                _refuse(f'zip record {bounded(record.name)} ({record.size} bytes at offset '
+                        f'{record.offset}) is compressed, overlaps another record or reaches '
+                        f'beyond the {size}-byte file (torch.save writes none of these)')
+            end = record.offset + record.size
+        if 'data.pkl' not in ours:
             raise DamagedCheckpointError('a torch zip checkpoint without data.pkl')
         declared = _scan(io.BytesIO(reader.get_record('data.pkl')), size)
-        record_sizes = {name: nbytes for _, nbytes, name in spans}
         for key, nbytes in declared.items():
-            held = record_sizes.get(f'data/{key}', 0)
+            held = ours[f'data/{key}'].size if f'data/{key}' in ours else 0
             if nbytes > held:
                 _refuse(f'storage {bounded(key)} declares {nbytes} bytes, the file holds {held} '
                         f'for it')
