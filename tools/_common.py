@@ -259,7 +259,8 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     :func:`init_distributed`; with ``CheckpointFitsModelHook(**fits)`` registered and the
     datasets of ``splits`` checked (:func:`convnext_dense.datasets.check_dataset_config`)."""
     from convnext_dense.datasets import check_dataset_config
-    from convnext_dense.datasets.classes import check_classes, check_coco_categories
+    from convnext_dense.datasets.classes import (check_classes, check_coco_categories,
+                                                 check_label_values)
     from convnext_dense.engine import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
@@ -284,6 +285,7 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
                 raise ConfigError(message) from error
             for dataset in datasets:
                 check_coco_categories(dataset)
+                check_label_values(dataset)
     return runner
 
 

@@ -15,8 +15,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from .checks import DatasetError
 
-__all__ = ['ClassMismatchError', 'check_classes', 'check_coco_categories', 'dataset_classes',
-           'head_class_counts', 'read_coco_categories']
+__all__ = ['ClassMismatchError', 'check_classes', 'check_coco_categories', 'check_label_values',
+           'dataset_classes', 'head_class_counts', 'read_coco_categories']
 
 #: keys of a model config whose value is the number of classes a head predicts
 COUNT_KEYS = ('num_classes', 'num_things_classes')
@@ -211,3 +211,42 @@ def check_coco_categories(dataset: Any) -> None:
             f'{type(dataset).__name__}: the classes are listed in another order than the '
             f'categories of {ann_file} (mmdet numbers the labels in the file order, so the '
             f'names would be wrong): list them as {" ".join(in_file_order)}.')
+
+
+def check_label_values(dataset: Any, limit: int = 16) -> None:
+    """Raise :class:`ClassMismatchError` when one of the first ``limit`` label maps of a built
+    segmentation dataset (``seg_map_path`` in its data list) holds a label that is not a class
+    after the dataset's ``reduce_zero_label`` / ``label_map`` (255 is ignored): such a label
+    fails deep in the loss, or is silently scored as another class."""
+    import numpy as np
+    from PIL import Image
+    classes = dataset.metainfo.get('classes') or ()
+    if not classes or not hasattr(dataset, 'get_data_info'):
+        return
+    reduce_zero = bool(getattr(dataset, 'reduce_zero_label', False))
+    label_map = getattr(dataset, 'label_map', None) or {}
+    ignore = getattr(dataset, 'ignore_index', 255)
+    for index in range(min(limit, len(dataset))):
+        path = dataset.get_data_info(index).get('seg_map_path')
+        if not isinstance(path, str) or '://' in path or not path:
+            continue
+        try:
+            with Image.open(path) as image:
+                values = np.unique(np.asarray(image))
+        except OSError:
+            continue  # a missing or unreadable map is the dataset checks' and loader's job
+        raw = values
+        if reduce_zero:
+            values = np.where(values == 0, 255, values.astype(np.int64) - 1)
+        if label_map:
+            values = np.array([label_map.get(int(v), v) for v in values])
+        bad = [int(r) for r, v in zip(raw, values) if v != ignore and v != 255 and
+               not 0 <= v < len(classes)]
+        if bad:
+            zero = ' (reduce_zero_label: label 0 is ignored, label k is class k - 1)' \
+                if reduce_zero else ''
+            raise ClassMismatchError(
+                f'{type(dataset).__name__}: {path} holds label {bad[0]}'
+                f'{f" (and {len(bad) - 1} more values)" if len(bad) > 1 else ""}, but the '
+                f'dataset has {len(classes)} classes{zero}; give every class (or map the '
+                f'labels to 0..{len(classes) - 1 + reduce_zero} and 255 for ignored pixels).')

@@ -2,6 +2,7 @@
 trained and tested end to end; the class checks that stop a mismatched config before the first
 iteration, each one line with exit status 2."""
 import json
+import re
 import os.path as osp
 
 import pytest
@@ -197,3 +198,23 @@ def test_real_coco_subset_config(tmp_path):
     assert ids['person'] < ids['bottle'] < ids['spoon']
     assert cfg.classes == ('person', 'bottle', 'spoon')
     assert cfg.val_evaluator.ann_file == f'{root}/annotations/instances_train2017.json'
+
+
+def test_label_maps_with_more_labels_than_classes_stop_before_training(tmp_path_factory,
+                                                                         tmp_path, capsys):
+    import _common
+    import train
+    root = toy_dataset(tmp_path_factory, 'ade', num_train=2, num_val=2, size=(64, 48))
+    out = tmp_path / 'three.py'
+    _write(osp.join(CONFIGS, 'segmentation', 'demo_upernet_convnext_atto_toy.py'),
+           '--data-root', root, '--classes', 'background', 'circle', 'square',
+           '--zero-label', 'class', '--workers', '0', '--out', out)
+    with pytest.raises(SystemExit) as exit_info:
+        _common.run_tool(train.main, [str(out), '--work-dir', str(tmp_path / 'work')])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf'error: BaseSegDataset: {re.escape(str(root))}/annotations/training/\S+\.png holds '
+        r'label [345]( \(and \d more values\))?, but the dataset has 3 classes; give every '
+        r'class \(or map the labels to 0\.\.2 and 255 for ignored pixels\)\.', line), line
+    assert not list((tmp_path / 'work').rglob('*.pth'))
