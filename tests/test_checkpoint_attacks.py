@@ -282,10 +282,12 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def run_child(paths):
-    result = subprocess.run([sys.executable, '-c', CHILD, TOOLS, *paths], cwd=REPO,
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+def run_child(paths, script=CHILD, timeout=300, preexec_fn=None):
+    """Run ``script`` on ``paths`` in a child process; its RESULTS line as a dict. The child
+    must neither die of a signal nor fail."""
+    result = subprocess.run([sys.executable, '-c', script, TOOLS, *paths], cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout,
+                            preexec_fn=preexec_fn, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode >= 0, f'child killed by signal {-result.returncode}:\n' \
                                    f'{result.stderr[-3000:]}'
     assert result.returncode == 0, result.stderr[-3000:]
@@ -451,14 +453,7 @@ def _cap_memory():
 
 
 def run_bounded_child(path):
-    result = subprocess.run([sys.executable, '-c', BOUNDED_CHILD, TOOLS, path], cwd=REPO,
-                            capture_output=True, text=True, timeout=240, preexec_fn=_cap_memory,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    assert result.returncode >= 0, f'child killed by signal {-result.returncode}:\n' \
-                                   f'{result.stderr[-3000:]}'
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [x for x in result.stdout.splitlines() if x.startswith('RESULTS')][-1]
-    return json.loads(line[len('RESULTS'):])
+    return run_child([path], BOUNDED_CHILD, timeout=240, preexec_fn=_cap_memory)
 
 
 def nested_tuple_key(m):
