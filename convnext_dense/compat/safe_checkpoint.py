@@ -434,8 +434,9 @@ def _prepass(filename: str) -> None:
         for _ in range(5):
             declared.update(_scan(data, size))
         total, rest = sum(declared.values()), size - data.tell()
-    if total > rest:
-        _refuse(f'storages declare {total} bytes, the file holds {rest} after its pickles')
+    if total > rest:  # most likely cut short
+        raise DamagedCheckpointError(f'its storages declare {total} bytes, the file holds {rest} '
+                                     f'after its pickles')
 
 
 # ----------------------------------------------------------------------------- loading
