@@ -66,7 +66,7 @@ def load_config(args) -> Config:
     if rest:
         cfg.merge_from_dict(rest)
     if 'data_root' in options:  # also datasets that name their own data_root
-        _propagate_data_root(cfg, None if notes else old_root, cfg.data_root)
+        _propagate_data_root(cfg, old_root, cfg.data_root)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -182,7 +182,10 @@ def _propagate_data_root(cfg: Config, old_root, data_root: str) -> None:
         evaluators = cfg.get(key)
         for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
             path = evaluator.get('ann_file') if evaluator else None
-            if isinstance(path, str) and path.startswith(old_root):
+            # written out under the old root (a dumped config); paths the re-read config
+            # built from data_root already start with the new one
+            if isinstance(path, str) and path.startswith(old_root) and \
+                    not path.startswith(data_root):
                 evaluator['ann_file'] = osp.join(data_root, path[len(old_root):].lstrip('/'))
 
 
