@@ -77,6 +77,8 @@ class _Node:
                 if isinstance(self.value, str) else type(self.value).__name__
         if self.kind == 'global':
             return bounded(self.value)
+        if self.kind == 'object':
+            return f'result of {bounded(self.value)}'
         return self.kind
 
 
@@ -153,7 +155,7 @@ class _Scan:
                 raise PickleRefused(f'{what} with an odd number of items')
             for key in items[0::2]:
                 if not _is_key(key):
-                    raise PickleRefused(f'a {key.describe()} used as a dictionary key; '
+                    raise PickleRefused(f'{key.describe()} used as a dictionary key; '
                                         f'checkpoint keys are constants or flat tuples of them')
         for item in items:
             if item is _MARK:
