@@ -22,8 +22,13 @@ Safe by construction:
   bytes, the fixed set of HistoryBuffer fields and statistics, plain attribute names of the
   ``argparse.Namespace`` that ImageNet training scripts save as ``args``) and builds the real
   objects.
-- Before unpickling, the declared tensor sizes are compared with the bytes in the file
-  (:func:`_check_declared_sizes`), so an absurd size is refused before memory is allocated.
+- Before unpickling, :func:`_prepass` walks every pickle opcode without executing it
+  (:mod:`convnext_dense.checkpoint.pickle_scan`: globals, nesting, shared references, dict
+  keys, tensor views) and compares the declared storage sizes with the zip records, read as
+  torch's own reader finds them (:mod:`convnext_dense.checkpoint.zip_records`), or with the
+  rest of a legacy file: a hostile file is refused in time and memory proportional to its size.
+- Config text saved in a checkpoint is code; unless the file is trusted it is withheld
+  (:func:`_withhold_config_text`), so neither resume nor an inferencer executes it.
 - A ``.safetensors`` file (timm's and open_clip's Hugging Face hub copies) holds no pickle at
   all; it is recognised by its header, not its name, and read with ``safetensors``, which
   checks every tensor's offsets against the file (:func:`_load_safetensors`).

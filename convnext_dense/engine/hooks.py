@@ -318,7 +318,7 @@ class CheckpointFitsModelHook(Hook):
         # load_from, like resume and tools/test.py, must fill the whole model unless the user
         # asked for partial loading (--skip-mismatched)
         check_checkpoint_fits(runner.model, checkpoint, filename, skip_mismatched=skip,
-                              require_all=self.require_all or resume or not skip,
+                              require_all=self.require_all or not skip,
                               partial_hint=not (resume or self.require_all))
         self.skipped = skip_mismatched_tensors(runner.model, checkpoint) if skip else []
         if self.skipped:

@@ -242,6 +242,7 @@ def load_backbone_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     from ..compat.safe_checkpoint import _resolve, fetch, verify_sha256
     source = str(filename)
     filename = _resolve(source)  # torchvision://, open-mmlab://, ... -> URL or path
+    named_scheme = filename != source
     if filename.startswith(('http://', 'https://')):
         filename = fetch(filename, hash_prefix=sha256)
     elif '://' in filename:
@@ -256,8 +257,7 @@ def load_backbone_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     else:
         verify_sha256(filename, sha256)
     # a named scheme goes through mmengine's loader again (mmcls:// renames keys there)
-    checkpoint = _load_checkpoint(source if source.startswith(('torchvision://', 'modelzoo://',
-                                  'open-mmlab://', 'openmmlab://', 'mmcls://')) else filename,
+    checkpoint = _load_checkpoint(source if named_scheme else filename,
                                   map_location=map_location)
     layout = detect_layout(checkpoint, prefix)
     state_dict = convert_checkpoint(checkpoint, prefix=prefix, layout=layout.name)
