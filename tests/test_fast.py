@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import convnext_dense  # noqa: F401
-from convnext_dense.fast import autocast_dtype, enable_fast_inference, to_float32
+from convnext_dense.inference.fast import autocast_dtype, enable_fast_inference, to_float32
 from convnext_dense.models import ConvNeXt
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -51,7 +51,7 @@ def test_fast_backbone_within_tolerance():
 
 HEAP_USE = """
 import ctypes, resource, sys, torch
-from convnext_dense.fast import keep_freed_memory
+from convnext_dense.inference.fast import keep_freed_memory
 
 
 class MallInfo2(ctypes.Structure):  # glibc >= 2.33
@@ -120,7 +120,7 @@ def test_parallel_roi_align_is_bit_identical_to_mmcv(aligned, sampling_ratio, sc
     """The fast path's RoIAlign (torchvision's kernel, RoIs split over threads) gives mmcv's
     numbers exactly, RoIs partly outside the map included."""
     from mmcv.ops import RoIAlign, roi_align
-    from convnext_dense.fast import FastRoIAlign, use_fast_roi_align
+    from convnext_dense.inference.fast import FastRoIAlign, use_fast_roi_align
     torch.manual_seed(0)
     feats = torch.randn(2, 16, 40, 50)
     corner = torch.rand(300, 2) * torch.tensor([45., 35.]) / scale - 3
@@ -179,7 +179,7 @@ def test_fast_path_changes_only_that_model():
     mmcv's RoIAlign and NMS, as they were."""
     import importlib
     from mmcv.ops import RoIAlign
-    from convnext_dense.fast import FastRoIAlign
+    from convnext_dense.inference.fast import FastRoIAlign
     nms_op = importlib.import_module('mmcv.ops.nms').NMSop
     stock_forward, stock_apply = RoIAlign.forward, nms_op.__dict__.get('apply')
     model, data = demo_detector_and_batch()

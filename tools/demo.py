@@ -171,7 +171,7 @@ class Predictor:
             return {}
 
     def enable_fast(self) -> str:
-        from convnext_dense.fast import enable_fast_inference
+        from convnext_dense.inference.fast import enable_fast_inference
         enable_fast_inference(self.model)
         return str(self.model.fast_inference)
 

@@ -117,7 +117,7 @@ def main(argv=None):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     if args.fast:
-        from convnext_dense.fast import enable_fast_inference
+        from convnext_dense.inference.fast import enable_fast_inference
         model = runner.model
         while hasattr(model, 'module'):  # DDP and TTA wrappers: speed up the inner model
             model = model.module

@@ -13,6 +13,7 @@ import torch
 
 from convnext_dense.compat import mmcv_cuda_ops
 from convnext_dense.compat.mmcv_cuda_ops import RoutedExtension
+from convnext_dense.ops import mmcv_kernels
 
 roi_align_module = importlib.import_module('mmcv.ops.roi_align')
 nms_module = importlib.import_module('mmcv.ops.nms')  # mmcv.ops.nms is also a function
@@ -85,7 +86,7 @@ def _backward(function, grad_output, boxes, input_shape, size, scale, ratio, ali
 def test_roi_align_forward_equals_mmcv(size, scale, ratio, aligned):
     x, boxes = feature_map(), rois()
     expected = _forward(COMPILED.roi_align_forward, x, boxes, size, scale, ratio, aligned)
-    actual = _forward(mmcv_cuda_ops.roi_align_forward, x, boxes, size, scale, ratio, aligned)
+    actual = _forward(mmcv_kernels.roi_align_forward, x, boxes, size, scale, ratio, aligned)
     assert expected.abs().sum() > 0 and (expected[6] == 0).all()  # the outside RoI: zeros
     exact(actual, expected)
 
@@ -97,7 +98,7 @@ def test_roi_align_backward_equals_mmcv(size, scale, ratio, aligned):
     grad = torch.randn(len(boxes), x.size(1), *size)
     expected = _backward(COMPILED.roi_align_backward, grad, boxes, x.shape, size, scale, ratio,
                          aligned)
-    actual = _backward(mmcv_cuda_ops.roi_align_backward, grad, boxes, x.shape, size, scale,
+    actual = _backward(mmcv_kernels.roi_align_backward, grad, boxes, x.shape, size, scale,
                        ratio, aligned)
     assert expected.abs().sum() > 0
     exact(actual, expected)  # on the CPU both add the samples up in the same order
@@ -106,9 +107,9 @@ def test_roi_align_backward_equals_mmcv(size, scale, ratio, aligned):
 def test_roi_align_backward_adds_into_grad_input():
     x, boxes, size = feature_map(), rois(), (7, 7)
     grad = torch.ones(len(boxes), x.size(1), *size)
-    once = _backward(mmcv_cuda_ops.roi_align_backward, grad, boxes, x.shape, size, 0.25, 0, True)
+    once = _backward(mmcv_kernels.roi_align_backward, grad, boxes, x.shape, size, 0.25, 0, True)
     grad_input = torch.ones(x.shape)
-    mmcv_cuda_ops.roi_align_backward(grad, boxes, None, None, grad_input, 7, 7, 0.25, 0, 1, True)
+    mmcv_kernels.roi_align_backward(grad, boxes, None, None, grad_input, 7, 7, 0.25, 0, 1, True)
     exact(grad_input, once + 1)
 
 
@@ -119,7 +120,7 @@ def test_roi_align_half_precision_computes_in_float32():
         x, boxes = feature_map().to(dtype), rois().to(dtype)
         expected = _forward(COMPILED.roi_align_forward, x.float(), boxes.float(), (7, 7), 0.25,
                             0, True).to(dtype)
-        actual = _forward(mmcv_cuda_ops.roi_align_forward, x, boxes, (7, 7), 0.25, 0, True)
+        actual = _forward(mmcv_kernels.roi_align_forward, x, boxes, (7, 7), 0.25, 0, True)
         assert actual.dtype == dtype
         exact(actual, expected)
 
@@ -129,10 +130,10 @@ def test_roi_align_max_pool_is_refused_with_the_fix():
     output = x.new_zeros(len(boxes), 3, 7, 7)
     with pytest.raises(NotImplementedError, match=r"RoIAlign forward.*pool_mode='avg'.*"
                                                   r"MMCV_CUDA=1 make install"):
-        mmcv_cuda_ops.roi_align_forward(x, boxes, output, output.clone(), output.clone(), 7, 7,
+        mmcv_kernels.roi_align_forward(x, boxes, output, output.clone(), output.clone(), 7, 7,
                                         0.25, 0, 0, True)
     with pytest.raises(NotImplementedError, match='RoIAlign backward'):
-        mmcv_cuda_ops.roi_align_backward(output, boxes, output, output, torch.zeros_like(x), 7,
+        mmcv_kernels.roi_align_backward(output, boxes, output, output, torch.zeros_like(x), 7,
                                          7, 0.25, 0, 0, True)
 
 
@@ -199,7 +200,7 @@ def test_nms_keeps_the_same_indices_as_mmcv(iou_threshold, offset):
     for seed in range(3):
         boxes, scores = boxes_with_ties(seed=seed)
         expected = COMPILED.nms(boxes, scores, iou_threshold=iou_threshold, offset=offset)
-        actual = mmcv_cuda_ops.nms(boxes, scores, iou_threshold=iou_threshold, offset=offset)
+        actual = mmcv_kernels.nms(boxes, scores, iou_threshold=iou_threshold, offset=offset)
         assert actual.dtype == torch.int64
         assert torch.equal(actual, expected), (seed, actual, expected)
         assert 0 < len(expected) <= len(boxes)
@@ -213,13 +214,13 @@ def test_nms_threshold_is_compared_in_float32():
     iou = torch.tensor(30.0) / torch.tensor(100.0)  # float32 division, as the kernel
     assert iou.item() > 0.3 and iou.item() == torch.tensor(0.3).item()
     expected = COMPILED.nms(boxes, scores, iou_threshold=0.3, offset=0)
-    assert torch.equal(mmcv_cuda_ops.nms(boxes, scores, 0.3, 0), expected)
+    assert torch.equal(mmcv_kernels.nms(boxes, scores, 0.3, 0), expected)
     assert len(expected) == 2
 
 
 def test_nms_of_no_boxes():
     empty = torch.zeros(0, 4)
-    out = mmcv_cuda_ops.nms(empty, torch.zeros(0), 0.5, 0)
+    out = mmcv_kernels.nms(empty, torch.zeros(0), 0.5, 0)
     assert out.dtype == torch.int64 and out.shape == (0,)
 
 
@@ -333,13 +334,13 @@ def test_ms_deform_attn_test_case_samples_inside_across_and_outside_the_maps():
 def test_ms_deform_attn_forward_equals_pytorch_path_and_loops():
     from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
     value, shapes, starts, locations, weights = msda_inputs()
-    out = mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, starts, locations, weights,
+    out = mmcv_kernels.ms_deform_attn_forward(value, shapes, starts, locations, weights,
                                                im2col_step=64)
     assert out.shape == (2, 4, 12) and out.dtype == torch.float32
     exact(out, multi_scale_deformable_attn_pytorch(value, shapes, locations, weights))
     # the loops in float64: half-pixel centres, zeros outside
     value, shapes, starts, locations, weights = msda_inputs(torch.float64)
-    out = mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, starts, locations, weights, 64)
+    out = mmcv_kernels.ms_deform_attn_forward(value, shapes, starts, locations, weights, 64)
     expected = naive_ms_deform_attn(value, locations, weights)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     # which a wrong convention (pixel corners at i / size) would miss by far
@@ -352,7 +353,7 @@ def test_ms_deform_attn_backward_equals_autograd_and_loops():
         value, shapes, starts, locations, weights = msda_inputs(dtype)
         grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3),
                                   dtype=dtype)
-        grads = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+        grads = msda_backward(mmcv_kernels.ms_deform_attn_backward, value, shapes, starts,
                               locations, weights, grad_output)
         _, expected = autograd_of(
             lambda v, l, w: multi_scale_deformable_attn_pytorch(v, shapes, l, w),
@@ -374,9 +375,9 @@ def test_ms_deform_attn_backward_equals_autograd_and_loops():
 def test_ms_deform_attn_backward_adds_into_the_buffers():
     value, shapes, starts, locations, weights = msda_inputs()
     grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3))
-    once = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+    once = msda_backward(mmcv_kernels.ms_deform_attn_backward, value, shapes, starts,
                          locations, weights, grad_output)
-    onto_ones = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+    onto_ones = msda_backward(mmcv_kernels.ms_deform_attn_backward, value, shapes, starts,
                               locations, weights, grad_output, fill=1.0)
     for grad, added in zip(once, onto_ones):
         exact(added, grad + 1)
@@ -390,14 +391,14 @@ def test_ms_deform_attn_half_precision_computes_in_float32():
                                                      for t in msda_inputs())
         grad_output = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(3)).to(dtype)
         as_float = [t.float() for t in (value, locations, weights)]
-        out = mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, starts, locations, weights,
+        out = mmcv_kernels.ms_deform_attn_forward(value, shapes, starts, locations, weights,
                                                    64)
         assert out.dtype == dtype
-        exact(out, mmcv_cuda_ops.ms_deform_attn_forward(
+        exact(out, mmcv_kernels.ms_deform_attn_forward(
             as_float[0], shapes, starts, *as_float[1:], 64).to(dtype))
-        grads = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, value, shapes, starts,
+        grads = msda_backward(mmcv_kernels.ms_deform_attn_backward, value, shapes, starts,
                               locations, weights, grad_output)
-        expected = msda_backward(mmcv_cuda_ops.ms_deform_attn_backward, as_float[0], shapes,
+        expected = msda_backward(mmcv_kernels.ms_deform_attn_backward, as_float[0], shapes,
                                  starts, *as_float[1:], grad_output.float())
         for grad, want in zip(grads, expected):
             assert grad.dtype == dtype
@@ -407,10 +408,10 @@ def test_ms_deform_attn_half_precision_computes_in_float32():
 def test_ms_deform_attn_refuses_inconsistent_level_starts():
     value, shapes, _, locations, weights = msda_inputs()
     with pytest.raises(ValueError, match=r'level_start_index is \[0, 10\].*cumsum'):
-        mmcv_cuda_ops.ms_deform_attn_forward(value, shapes, torch.tensor([0, 10]), locations,
+        mmcv_kernels.ms_deform_attn_forward(value, shapes, torch.tensor([0, 10]), locations,
                                              weights, 64)
     with pytest.raises(ValueError, match=r'21 keys.*value has 20 keys'):
-        mmcv_cuda_ops.ms_deform_attn_backward(
+        mmcv_kernels.ms_deform_attn_backward(
             value[:, :20], shapes, torch.tensor([0, 15]), locations, weights,
             torch.zeros(2, 4, 12), torch.zeros(2, 20, 3, 4), torch.zeros_like(locations),
             torch.zeros_like(weights), 64)
@@ -457,7 +458,7 @@ def logits_and_targets(dtype=torch.float32):
 def focal_forward(input, target, weight=None, gamma=2.0, alpha=0.25):
     output = torch.zeros_like(input)
     weight = input.new_empty(0) if weight is None else weight
-    mmcv_cuda_ops.sigmoid_focal_loss_forward(input, target, weight, output, gamma=gamma,
+    mmcv_kernels.sigmoid_focal_loss_forward(input, target, weight, output, gamma=gamma,
                                              alpha=alpha)
     return output
 
@@ -465,7 +466,7 @@ def focal_forward(input, target, weight=None, gamma=2.0, alpha=0.25):
 def focal_backward(input, target, weight=None, gamma=2.0, alpha=0.25, fill=0.0):
     grad_input = torch.full_like(input, fill)
     weight = input.new_empty(0) if weight is None else weight
-    mmcv_cuda_ops.sigmoid_focal_loss_backward(input, target, weight, grad_input, gamma=gamma,
+    mmcv_kernels.sigmoid_focal_loss_backward(input, target, weight, grad_input, gamma=gamma,
                                               alpha=alpha)
     return grad_input
 
@@ -516,7 +517,7 @@ def test_sigmoid_focal_loss_writes_its_buffers_and_computes_half_in_float32():
     logits, targets = logits_and_targets()
     exact(focal_backward(logits, targets, fill=7.0), focal_backward(logits, targets))
     output = torch.full_like(logits, 7.0)
-    mmcv_cuda_ops.sigmoid_focal_loss_forward(logits, targets, logits.new_empty(0), output,
+    mmcv_kernels.sigmoid_focal_loss_forward(logits, targets, logits.new_empty(0), output,
                                              2.0, 0.25)
     exact(output, focal_forward(logits, targets))
     for dtype in (torch.float16, torch.bfloat16):

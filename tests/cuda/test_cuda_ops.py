@@ -11,6 +11,7 @@ import torch
 
 import convnext_dense  # noqa: F401  (applies the compat fixes, the routing among them)
 from convnext_dense.compat import mmcv_cuda_ops
+from convnext_dense.ops import mmcv_kernels
 
 pytestmark = pytest.mark.cuda
 
@@ -86,11 +87,11 @@ def test_roi_align_layer_on_cuda_equals_mmcv_cpu(size, scale, ratio, aligned):
     torch.testing.assert_close(x_cuda.grad.cpu(), expected_grad, rtol=1e-4, atol=1e-4)
     # the routed functions themselves, also where mmcv has CUDA kernels
     direct = torch.zeros(len(boxes), x.size(1), *size, device=CUDA)
-    mmcv_cuda_ops.roi_align_forward(x.to(CUDA), boxes.to(CUDA), direct, None, None, *size,
+    mmcv_kernels.roi_align_forward(x.to(CUDA), boxes.to(CUDA), direct, None, None, *size,
                                     scale, ratio, 1, aligned)
     torch.testing.assert_close(direct.cpu(), expected, rtol=1e-5, atol=atol)
     direct_grad = torch.zeros(x.shape, device=CUDA)
-    mmcv_cuda_ops.roi_align_backward(grad.to(CUDA), boxes.to(CUDA), None, None, direct_grad,
+    mmcv_kernels.roi_align_backward(grad.to(CUDA), boxes.to(CUDA), None, None, direct_grad,
                                      *size, scale, ratio, 1, aligned)
     torch.testing.assert_close(direct_grad.cpu(), expected_grad, rtol=1e-4, atol=1e-4)
 
@@ -121,7 +122,7 @@ def test_roi_align_with_torchvision_on_cuda():
     import torchvision
     x, boxes = feature_map().to(CUDA), rois().to(CUDA)
     out = torch.zeros(len(boxes), x.size(1), 7, 7, device=CUDA)
-    mmcv_cuda_ops.roi_align_forward(x, boxes, out, None, None, 7, 7, 0.25, 0, 1, True)
+    mmcv_kernels.roi_align_forward(x, boxes, out, None, None, 7, 7, 0.25, 0, 1, True)
     torch.testing.assert_close(out, torchvision.ops.roi_align(x, boxes, (7, 7), 0.25, 0, True),
                                rtol=0, atol=0)
 
@@ -173,9 +174,9 @@ def test_nms_and_batched_nms_on_cuda_keep_mmcv_cpu_indices(iou_threshold):
         assert torch.equal(keep.cpu(), expected)
         torch.testing.assert_close(dets.cpu(), torch.cat([boxes, scores[:, None]], 1)[expected],
                                    rtol=0, atol=0)
-        direct = mmcv_cuda_ops.nms(boxes.to(CUDA), scores.to(CUDA), iou_threshold, 0)
+        direct = mmcv_kernels.nms(boxes.to(CUDA), scores.to(CUDA), iou_threshold, 0)
         boxes_, scores_, _ = boxes_and_scores(ties=True, seed=seed)
-        assert torch.equal(mmcv_cuda_ops.nms(boxes_.to(CUDA), scores_.to(CUDA), iou_threshold,
+        assert torch.equal(mmcv_kernels.nms(boxes_.to(CUDA), scores_.to(CUDA), iou_threshold,
                                              0).cpu(),
                            COMPILED.nms(boxes_, scores_, iou_threshold=iou_threshold, offset=0))
         assert torch.equal(direct.cpu(), expected)

@@ -44,7 +44,7 @@ except ModuleNotFoundError as error:  # not installed: a plain checkout, the pac
     if error.name != 'convnext_dense':
         raise
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from convnext_dense.fast import (autocast_dtype, bf16_supported,  # noqa: E402
+from convnext_dense.inference.fast import (autocast_dtype, bf16_supported,  # noqa: E402
                                  enable_fast_inference)
 from convnext_dense.models import ConvNeXt, convert_checkpoint  # noqa: E402
 
