@@ -203,21 +203,37 @@ STOCK_IMAGE_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
 
 
 def select_components(cfg: Config) -> None:
-    """What the tools choose for any config they run: atomic checkpoint writes (a stock
-    ``CheckpointHook`` becomes ``convnext_dense.AtomicCheckpointHook``), the checked image
-    loader in the validation and test pipelines (:func:`check_test_images`) and, for a
-    distributed run without GPU that names no ``model_wrapper_cfg``, the CPU-capable DDP
-    wrapper."""
+    """What the tools choose for any config they run: the checked image loader in the
+    validation and test pipelines (:func:`check_test_images`) and, for a distributed run
+    without GPU that names no ``model_wrapper_cfg``, the CPU-capable DDP wrapper. The config's
+    checkpoint hook stays as written (:func:`use_atomic_checkpoints` is ``--atomic-checkpoints``).
+    """
     from convnext_dense.engine.distributed import accelerator_available
-    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
-    if hook is not None and hook.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
-        hook['type'] = 'convnext_dense.AtomicCheckpointHook'
     check_test_images(cfg)
     if cfg.get('launcher', 'none') != 'none' and cfg.get('model_wrapper_cfg') is None \
             and not accelerator_available():
         cfg.model_wrapper_cfg = dict(
             type='convnext_dense.AnyDeviceDistributedDataParallel', broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+STOCK_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
+
+
+def use_atomic_checkpoints(cfg: Config):
+    """``--atomic-checkpoints``: a stock ``CheckpointHook`` in ``cfg.default_hooks`` becomes
+    ``convnext_dense.AtomicCheckpointHook`` with the same arguments (our configs name it
+    already).
+
+    Returns:
+        str | None: the line to print about the change, None where nothing changed.
+    """
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if hook is None or hook.get('type') not in STOCK_CHECKPOINT_HOOKS:
+        return None
+    hook['type'] = 'convnext_dense.AtomicCheckpointHook'
+    return ('--atomic-checkpoints: default_hooks.checkpoint is convnext_dense.'
+            'AtomicCheckpointHook (was CheckpointHook): a killed run leaves no partial file.')
 
 
 def check_test_images(cfg: Config) -> None:

@@ -14,7 +14,8 @@ error is one line on stderr and exit status 2 (``--debug`` shows the traceback).
 import argparse
 import warnings
 
-from _common import add_common_args, build_runner, load_config, require_checkpoint, run_tool
+from _common import (add_common_args, build_runner, load_config, require_checkpoint, run_tool,
+                     use_atomic_checkpoints)
 
 
 def parse_args(argv=None):
@@ -38,6 +39,10 @@ def parse_args(argv=None):
                         help='also log scalars (losses, lr, metrics) for TensorBoard, under '
                         '<work dir>/<timestamp>/vis_data; needs the optional package: pip '
                         'install ".[tensorboard]"')
+    parser.add_argument('--atomic-checkpoints', action='store_true',
+                        help="write checkpoints atomically (temporary file, fsync, rename) "
+                        "where the config names mmengine's CheckpointHook, with "
+                        "convnext_dense.AtomicCheckpointHook; our configs select it already")
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -126,6 +131,10 @@ def resolve_resume(cfg, resume) -> None:
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
+    if args.atomic_checkpoints:
+        note = use_atomic_checkpoints(cfg)
+        print(note or '--atomic-checkpoints: default_hooks.checkpoint is not a stock '
+              'CheckpointHook; left as the config has it.', flush=True)
     _setup_amp(cfg, args.amp)
     setup_visualization(cfg, args.vis)
     resolve_resume(cfg, args.resume)

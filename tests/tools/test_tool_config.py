@@ -103,9 +103,18 @@ def test_resume_without_a_path_takes_the_newest_complete_checkpoint(tmp_path):
     assert cfg.resume is True and cfg.load_from == 'x.pth'
 
 
-def test_tools_select_atomic_checkpoints_for_a_stock_checkpoint_hook():
+def test_atomic_checkpoints_only_where_the_user_selects_them():
+    """A user's stock CheckpointHook stays stock; --atomic-checkpoints switches it, keeps its
+    arguments and says so."""
     cfg = _common.load_config(train_tool.parse_args([T_CONFIG]))
     cfg.default_hooks.checkpoint.type = 'CheckpointHook'  # as in a user's config
     _common.select_components(cfg)
+    assert cfg.default_hooks.checkpoint.type == 'CheckpointHook'
+    note = _common.use_atomic_checkpoints(cfg)
     assert cfg.default_hooks.checkpoint.type == 'convnext_dense.AtomicCheckpointHook'
     assert cfg.default_hooks.checkpoint.interval == 16000
+    assert 'was CheckpointHook' in note
+    assert _common.use_atomic_checkpoints(cfg) is None  # ours already: nothing to change
+    assert train_tool.parse_args([T_CONFIG, '--atomic-checkpoints']).atomic_checkpoints
+
+
