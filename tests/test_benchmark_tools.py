@@ -32,47 +32,52 @@ def bench():
 
 
 @pytest.fixture(scope='module')
+def common():
+    return _load('bench_common')
+
+
+@pytest.fixture(scope='module')
 def recipe():
     return _load('benchmark_recipe')
 
 
 # ----------------------------------------------------------------------------- machine, load
-def test_busy_warning_threshold_is_half_the_cores(bench):
-    assert bench.busy_warning((0.9, 0.1, 0.1), cores=2, when='at the start of') is None
-    assert bench.busy_warning((1.0, 5, 5), cores=2, when='at the start of') is None  # = 0.5 x
-    warning = bench.busy_warning((1.2, 0.1, 0.1), cores=2, when='at the end of')
+def test_busy_warning_threshold_is_half_the_cores(common):
+    assert common.busy_warning((0.9, 0.1, 0.1), cores=2, when='at the start of') is None
+    assert common.busy_warning((1.0, 5, 5), cores=2, when='at the start of') is None  # = 0.5 x
+    warning = common.busy_warning((1.2, 0.1, 0.1), cores=2, when='at the end of')
     assert warning.startswith('WARNING') and '1.20' in warning and 'at the end of' in warning
-    assert bench.busy_warning(None, cores=2, when='x') is None  # no load average here
-    assert bench.busy_warning((3.0, 0, 0), cores=16, when='x') is None
+    assert common.busy_warning(None, cores=2, when='x') is None  # no load average here
+    assert common.busy_warning((3.0, 0, 0), cores=16, when='x') is None
 
 
-def test_load_watch_warns_before_and_after_independently(bench):
+def test_load_watch_warns_before_and_after_independently(common):
     no_proc_stat = dict(cpu_seconds=lambda: None)  # judged by the load average alone
     loads = iter([(1.5, 1.0, 1.0), (0.2, 0.5, 0.9)])  # busy at the start, idle at the end
-    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads), **no_proc_stat)
+    watch = common.LoadWatch(cores=2, getloadavg=lambda: next(loads), **no_proc_stat)
     assert len(watch.warnings()) == 1
     warnings = watch.stop()
     assert watch.before == (1.5, 1.0, 1.0) and watch.after == (0.2, 0.5, 0.9)
     assert len(warnings) == 1 and 'at the start of' in warnings[0]
 
     loads = iter([(0.1, 0, 0), (4.0, 0, 0)])
-    watch = bench.LoadWatch(cores=4, getloadavg=lambda: next(loads), **no_proc_stat)
+    watch = common.LoadWatch(cores=4, getloadavg=lambda: next(loads), **no_proc_stat)
     assert watch.warnings() == []
     assert ['at the end of' in w for w in watch.stop()] == [True]
 
     loads = iter([(0.1, 0, 0), (0.3, 0, 0)])
-    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads), **no_proc_stat)
+    watch = common.LoadWatch(cores=2, getloadavg=lambda: next(loads), **no_proc_stat)
     assert watch.stop() == []
 
 
-def test_load_watch_judges_the_run_by_other_processes_cpu_time(bench):
+def test_load_watch_judges_the_run_by_other_processes_cpu_time(common):
     """Our own threads load the machine (a load average of 2 on 2 cores at the end of a
     2-thread run): only the CPU time other processes used over the run counts."""
     def watch_for(machine_s, own_s, wall_s=10.0):
         readings = iter([(100.0, 5.0), (100.0 + machine_s, 5.0 + own_s)])
         clock = iter([0.0, wall_s])
         loads = iter([(0.1, 0, 0), (2.0, 0, 0)])
-        watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads),
+        watch = common.LoadWatch(cores=2, getloadavg=lambda: next(loads),
                                 cpu_seconds=lambda: next(readings), clock=lambda: next(clock))
         return watch, watch.stop()
     watch, warnings = watch_for(machine_s=20.0, own_s=19.5)  # we used both cores
@@ -83,46 +88,46 @@ def test_load_watch_judges_the_run_by_other_processes_cpu_time(bench):
     assert len(warnings) == 1 and 'other processes used 50%' in warnings[0]
 
 
-def test_finish_load_watch_records_the_load_in_the_report(bench, capsys):
+def test_finish_load_watch_records_the_load_in_the_report(common, capsys):
     loads = iter([(0.4, 0, 0), (2.5, 0, 0)])
-    watch = bench.LoadWatch(cores=2, getloadavg=lambda: next(loads), cpu_seconds=lambda: None)
-    report = bench.Report()
-    warnings = bench.finish_load_watch(report, watch)
+    watch = common.LoadWatch(cores=2, getloadavg=lambda: next(loads), cpu_seconds=lambda: None)
+    report = common.Report()
+    warnings = common.finish_load_watch(report, watch)
     figures = {row['figure']: row['value'] for row in report.rows}
     assert figures == {'load_avg_1min_before': 0.4, 'load_avg_1min_after': 2.5}
     assert len(warnings) == 1 and warnings[0] in capsys.readouterr().out
 
 
-def test_cpu_description_from_cpuinfo_and_from_lscpu(bench):
+def test_cpu_description_from_cpuinfo_and_from_lscpu(common):
     cpuinfo = ('processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n'
                'flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n')
-    cpu = bench.cpu_description(cpuinfo=cpuinfo)
+    cpu = common.cpu_description(cpuinfo=cpuinfo)
     assert cpu['model'] == 'Intel(R) Xeon(R) Platinum 8480+'
     assert cpu['isa'] == dict(avx2=True, avx512f=True, avx512_bf16=True, amx_tile=True,
                               amx_bf16=True)
     lscpu = 'Architecture:  x86_64\nModel name:    AMD EPYC 7B13\nFlags:   fpu avx2 fma\n'
-    cpu = bench.cpu_description(cpuinfo='', lscpu=lscpu)
+    cpu = common.cpu_description(cpuinfo='', lscpu=lscpu)
     assert cpu['model'] == 'AMD EPYC 7B13'
     assert cpu['isa']['avx2'] and not cpu['isa']['avx512_bf16'] and not cpu['isa']['amx_bf16']
     assert cpu['cores'] >= 1
 
 
-def test_machine_description_names_cpu_and_bf16(bench):
-    info = bench.machine_description('cpu')
+def test_machine_description_names_cpu_and_bf16(common):
+    info = common.machine_description('cpu')
     assert info['cpu']['model'] and isinstance(info['cpu_bf16_native'], bool)
     assert info['torch'] == torch.__version__ and 'gpu' not in info
 
 
 # ----------------------------------------------------------------------------- round-robin
-def test_run_times_is_round_robin_after_warmup(bench):
+def test_run_times_is_round_robin_after_warmup(common):
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in 'ABC'}
-    times = bench.run_times(fns, warmup=2, repeats=3)
+    times = common.run_times(fns, warmup=2, repeats=3)
     assert calls == list('ABC') * 5
     assert {name: len(t) for name, t in times.items()} == dict(A=3, B=3, C=3)
 
 
-def test_run_times_budget_stops_after_a_whole_round(bench):
+def test_run_times_budget_stops_after_a_whole_round(common):
     now = [0.0]
 
     def clock():
@@ -134,11 +139,11 @@ def test_run_times_budget_stops_after_a_whole_round(bench):
         return fn
 
     fns = dict(ours=work(1.0), port=work(2.0))  # 3 s per round
-    times = bench.run_times(fns, warmup=1, repeats=30, budget_s=7.0, min_repeats=1,
+    times = common.run_times(fns, warmup=1, repeats=30, budget_s=7.0, min_repeats=1,
                             clock=clock)
     # rounds end at 3, 6, 9 s: the third one passes 7 s, every contestant has 3 times
     assert times == dict(ours=[1.0] * 3, port=[2.0] * 3)
-    times = bench.run_times(fns, warmup=0, repeats=30, budget_s=0.5, min_repeats=4,
+    times = common.run_times(fns, warmup=0, repeats=30, budget_s=0.5, min_repeats=4,
                             clock=clock)
     assert times == dict(ours=[1.0] * 4, port=[2.0] * 4)  # min_repeats before the budget
 
@@ -257,8 +262,11 @@ def test_find_data_root(recipe, tmp_path, monkeypatch):
     assert recipe.find_data_root(str(tmp_path)) == str(tmp_path)
     monkeypatch.setenv(recipe.DATA_ENV, str(tmp_path))
     assert recipe.find_data_root() == str(tmp_path)
-    with pytest.raises(FileNotFoundError, match='--data-root'):
+    with pytest.raises(FileNotFoundError, match='missing has no tiny_coco or ade20k_sample'):
         recipe.find_data_root(str(tmp_path / 'missing'))
+    monkeypatch.delenv(recipe.DATA_ENV)
+    with pytest.raises(FileNotFoundError, match='no --data-root and no'):
+        recipe.find_data_root()
 
 
 needs_data = pytest.mark.skipif(

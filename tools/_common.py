@@ -370,7 +370,7 @@ def run_tool(main, argv=None) -> None:
 def close_process_group() -> None:
     """End torch.distributed after a finished run. A process that exits with its gloo group
     still alive can abort in the group's destructor ('terminate called without an active
-    exception', exit -6), seen once in a 2-process CPU run."""
+    exception', exit -6)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

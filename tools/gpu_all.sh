@@ -42,7 +42,7 @@
 # Timeouts (cap / minimum, s): a 90/20, b 240/45, c 150/30, d 300/150, e 240/45, f 180/30, g -/60.
 # Sizes: GPU_CHECK_DET_IMAGES (default 8 here), GPU_CHECK_DET_TEST_IMAGES (4), GPU_CHECK_SEG_ITERS
 # (8), GPU_CHECK_STEP_IMAGES (2) (tests/cuda/test_cuda_recipes.py). The recipe runs need
-# tiny_coco and ade20k_sample in CONVNEXT_DENSE_SHARED_DATA (tests/cuda/cuda_helpers.py).
+# tiny_coco and ade20k_sample in CONVNEXT_DENSE_SAMPLE_DATA (tests/helpers.py).
 #
 # mmdet 3.3 imports mmpretrain wherever it is installed, and mmpretrain 1.2 does not import
 # where transformers >= 5 is installed (TypeError: NoneType takes no arguments): stages a-f run
@@ -145,7 +145,7 @@ import importlib.metadata as metadata, os, sys
 sys.path.insert(0, 'tests')
 import torch
 from helpers import SHARED_DATA
-data = os.environ.get('CONVNEXT_DENSE_SHARED_DATA') or SHARED_DATA
+data = SHARED_DATA  # $CONVNEXT_DENSE_SAMPLE_DATA
 found = [name for name in ('tiny_coco', 'ade20k_sample') if os.path.isdir(f'{data}/{name}')]
 print('gpu:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')
 print(f'python {sys.version.split()[0]} | torch {torch.__version__} (CUDA {torch.version.cuda})',
@@ -211,9 +211,6 @@ bench_stage() {  # seconds
   fi
   local backbone=$((seconds * 2 / 5 < 90 ? seconds * 2 / 5 : 90))
   local timed=$((seconds < 180 ? 8 : 20))
-  if [ -n "${CONVNEXT_DENSE_SHARED_DATA:-}" ]; then  # the checks' data (gpu_benchmark.sh's name)
-    export CONVNEXT_DENSE_DATA=${CONVNEXT_DENSE_DATA:-$CONVNEXT_DENSE_SHARED_DATA}
-  fi
   PYTHONPATH=$pythonpath OUT=$OUT_DIR/g_bench PYTHON=$PY BUDGET_S=$((seconds - 10)) \
     BACKBONE_S=${BACKBONE_S:-$backbone} RECIPE_BUDGET_S=${RECIPE_BUDGET_S:-$timed} \
     timeout -k 10 "$seconds" bash tools/analysis/gpu_benchmark.sh

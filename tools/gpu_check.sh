@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU check in one go: the tests marked `cuda` (tests/cuda: mmcv ops on CUDA, AMP fp16 /
 # bf16, SyncBN, the Cascade Mask R-CNN T and UperNet T recipes trained, resumed and tested on
-# ../shared/data, one training step of Mask R-CNN T and Cascade S/B/L/XL, two fp16 AMP training
+# the sample data, one training step of Mask R-CNN T and Cascade S/B/L/XL, two fp16 AMP training
 # steps of each newer recipe on synthetic batches at its training size (Mask R-CNN V2 T/B/L/H,
 # Mask2Former T/B and DINO T/B on COCO, UperNet V2 T/B/L/H and Mask2Former T/B on ADE20K:
 # -k test_recipe_builds), the detection demo, test.py --fast), then the figures they measured
 # (seconds per iteration, peak memory).
 #
 #   bash tools/gpu_check.sh                          # after `make install`, on a GPU machine
-#   source .gpu/setup.sh && bash tools/gpu_check.sh  # a lent GPU machine (../shared/gpu/README.md)
 #
-# The recipe runs need ../shared/data (tiny_coco, ade20k_sample) and skip without it. Only the
-# repository travels to a lent machine: copy the data into it first (cp -r ../shared/data
-# .gpu/data); .gpu/data is used when ../shared/data is absent, or CONVNEXT_DENSE_SHARED_DATA
-# names another copy.
+# The recipe runs need the sample data (tiny_coco, ade20k_sample) in the folder named by
+# CONVNEXT_DENSE_SAMPLE_DATA (tests/helpers.py) and skip without it. docs/gpu.md: running the
+# checks on a machine without a package registry.
 #
 # Arguments go to pytest (e.g. -k cascade, -x). Output in $GPU_CHECK_OUT (default
 # $OUT/gpu_check where $OUT is set, else /tmp/gpu_check): pytest.log, junit.xml and
@@ -31,14 +29,12 @@ elif [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; 
 else
   PY=python3
 fi
-if [ -z "${CONVNEXT_DENSE_SHARED_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d .gpu/data ]; then
-  export CONVNEXT_DENSE_SHARED_DATA=$PWD/.gpu/data
-fi
-DATA=${CONVNEXT_DENSE_SHARED_DATA:-../shared/data}
+DATA=$("$PY" -c 'import sys; sys.path.insert(0, "tests"); from helpers import SHARED_DATA; print(SHARED_DATA)')
 if [ -d "$DATA/tiny_coco" ] && [ -d "$DATA/ade20k_sample" ]; then
   echo "gpu_check: data in $DATA"
 else
-  echo "gpu_check: no tiny_coco / ade20k_sample in $DATA: the recipe runs will be skipped" >&2
+  echo "gpu_check: no tiny_coco / ade20k_sample in $DATA (set CONVNEXT_DENSE_SAMPLE_DATA):" \
+       "the recipe runs will be skipped" >&2
 fi
 OUT_DIR=${GPU_CHECK_OUT:-${OUT:-/tmp}/gpu_check}
 mkdir -p "$OUT_DIR"
@@ -55,13 +51,11 @@ fi
 # mmdet 3.3 imports mmpretrain wherever it is installed, and mmpretrain 1.2.0 fails to import
 # where transformers >= 5 is installed (TypeError: NoneType takes no arguments: its multimodal
 # models, which it loads whenever transformers >= 4.28 is installed, need names that
-# transformers 5 removed): then no detector builds. Seen on the lent GPU machine, whose
-# .gpu/setup.sh installs mmpretrain for the benchmark.
+# transformers 5 removed): then no detector builds.
 if ! "$PY" -c 'import mmdet.models' 2>/dev/null; then
   echo "gpu_check: mmdet.models does not import here:" >&2
   "$PY" -c 'import mmdet.models' 2>&1 | tail -1 >&2
-  echo "gpu_check: if that is mmpretrain 1.2 beside transformers >= 5, uninstall mmpretrain" \
-       "(after source .gpu/setup.sh: rm -rf /tmp/site/mmpretrain*);" \
+  echo "gpu_check: if that is mmpretrain 1.2 beside transformers >= 5, uninstall mmpretrain;" \
        "tools/gpu_all.sh moves it aside by itself" >&2
   exit 2
 fi

@@ -12,11 +12,7 @@ import time
 
 import torch
 
-from helpers import SHARED_DATA as _SHARED_DATA
-
-# ../shared/data (tiny_coco, ade20k_sample), or a copy named by CONVNEXT_DENSE_SHARED_DATA: a GPU
-# machine gets the repository only (tools/gpu_check.sh points there to .gpu/data)
-SHARED_DATA = os.environ.get('CONVNEXT_DENSE_SHARED_DATA') or _SHARED_DATA
+from helpers import SHARED_DATA  # noqa: F401  ($CONVNEXT_DENSE_SAMPLE_DATA: tests/helpers.py)
 LOG_EVERY_ITER = ['default_hooks.logger.interval=1', 'log_processor.window_size=1']
 
 

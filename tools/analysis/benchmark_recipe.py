@@ -66,8 +66,14 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-from benchmark import (LoadWatch, Report, finish_load_watch,  # noqa: E402
-                       machine_description, print_machine, run_times)
+try:
+    import convnext_dense  # noqa: F401  (our scope; the compat fixes, mmcv ops on CUDA)
+except ModuleNotFoundError as error:  # not installed: a plain checkout, the package above us
+    if error.name != 'convnext_dense':
+        raise
+    sys.path.insert(0, ROOT)
+from bench_common import (LoadWatch, Report, finish_load_watch,  # noqa: E402
+                          machine_description, print_machine, run_times)
 
 TASKS = ('det', 'seg')
 OURS_CONFIGS = dict(
@@ -79,7 +85,7 @@ PORT_CONFIGS = dict(
          'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
     seg=('mmseg', 'configs/convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'))
 SCOPES = dict(det='mmdet', seg='mmseg')
-DATA_ENV = 'CONVNEXT_DENSE_DATA'
+DATA_ENV = 'CONVNEXT_DENSE_SAMPLE_DATA'
 DATA_SUBDIRS = dict(det='tiny_coco', seg='ade20k_sample')
 HEAD_PARTS = ('data_preprocessor', 'backbone', 'neck', 'rpn_head', 'roi_head', 'decode_head',
               'auxiliary_head')
@@ -93,38 +99,36 @@ class PortUnavailable(RuntimeError):
     """The OpenMMLab port's config cannot be built here (mmpretrain missing, config absent)."""
 
 
-def mmpretrain_without_multimodal() -> bool:
-    """mmpretrain 1.2.0's ``models/__init__`` imports its multimodal models, whose class
-    definitions fail without the ``transformers`` package (``TypeError: NoneType takes no
-    arguments``, seen on the lent GPU machine), and mmdet 3.3 imports mmpretrain wherever it is
-    installed: there neither mmdet's models nor the port build. Where mmpretrain is installed
-    and transformers is not, register an empty ``mmpretrain.models.multimodal`` first (this
-    benchmark uses none of it). Returns whether it did."""
-    import importlib.util
-    import types
-    if importlib.util.find_spec('mmpretrain') is None or \
-            importlib.util.find_spec('transformers') is not None:
-        return False
-    name = 'mmpretrain.models.multimodal'
-    sys.modules.setdefault(name, types.ModuleType(name))
-    return True
+def check_mmdet_imports() -> None:
+    """Stop with one line where ``mmdet.models`` does not import. mmdet 3.3 imports mmpretrain
+    wherever it is installed, and mmpretrain 1.2.0 fails to import beside transformers >= 5
+    (``TypeError: NoneType takes no arguments``): then neither ours nor the port builds."""
+    try:
+        import mmdet.models  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - any import failure is reported the same way
+        raise SystemExit(
+            f'benchmark_recipe: mmdet.models does not import ({type(error).__name__}: '
+            f'{str(error)[:200]}). With mmpretrain 1.2 beside transformers >= 5, uninstall '
+            f'mmpretrain (the port is then skipped) or install transformers < 5.') from None
 
 
 # ----------------------------------------------------------------------------- configs
 def find_data_root(explicit: Optional[str] = None) -> str:
-    """The folder holding ``tiny_coco/`` and ``ade20k_sample/``: ``explicit``, else
-    ``$CONVNEXT_DENSE_DATA``, else the first of ../shared/data, shared/data and .gpu/data
-    (relative to the repository) that exists."""
-    candidates = [explicit] if explicit else [
-        os.environ.get(DATA_ENV), osp.join(osp.dirname(ROOT), 'shared', 'data'),
-        osp.join(ROOT, 'shared', 'data'), osp.join(ROOT, '.gpu', 'data')]
-    for path in candidates:
-        if path and any(osp.isdir(osp.join(path, sub)) for sub in DATA_SUBDIRS.values()):
-            return osp.abspath(path)
-    raise FileNotFoundError(
-        f'no data folder with {" or ".join(DATA_SUBDIRS.values())} among '
-        f'{[c for c in candidates if c]}; give --data-root or set {DATA_ENV} (on a GPU '
-        f'machine: cp -r ../shared/data .gpu/data before the call, and carry .gpu)')
+    """The folder holding ``tiny_coco/`` and ``ade20k_sample/``.
+
+    Args:
+        explicit (str, optional): ``--data-root``; else ``$CONVNEXT_DENSE_SAMPLE_DATA``.
+
+    Returns:
+        str: the absolute path.
+    """
+    path = explicit or os.environ.get(DATA_ENV)
+    if path and any(osp.isdir(osp.join(path, sub)) for sub in DATA_SUBDIRS.values()):
+        return osp.abspath(path)
+    where = f'{path} has no' if path else \
+        f'no --data-root and no ${DATA_ENV}: give a folder with'
+    raise FileNotFoundError(f'benchmark_recipe: {where} {" or ".join(DATA_SUBDIRS.values())} '
+                            f'(COCO-format and ADE20K-format samples)')
 
 
 def port_config_path(task: str) -> str:
@@ -589,7 +593,7 @@ def build_contestants(task: str, args, data_root: str, work_root: str) -> List[C
         print(f'# {task}: the port is skipped (--no-port)', flush=True)
     else:
         print(f'# {task}: SKIPPING THE PORT: {why}. Ours runs alone; install mmpretrain '
-              f'(../shared/gpu/wheels) to compare.', flush=True)
+              f'1.2 to compare.', flush=True)
     for contestant in contestants:
         print(f'# {task} {contestant.name}: {contestant.runner.cfg.filename}; cudnn.benchmark '
               f'{contestant.cudnn_benchmark} (config: {contestant.config_cudnn_benchmark}); '
@@ -664,8 +668,7 @@ def parse_args(argv=None):
                         help='data loader workers per contestant (the same for both)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--data-root', default=None,
-                        help=f'folder with tiny_coco/ and ade20k_sample/ (default: ${DATA_ENV}, '
-                        f'../shared/data, shared/data or .gpu/data)')
+                        help=f'folder with tiny_coco/ and ade20k_sample/ (default: ${DATA_ENV})')
     parser.add_argument('--device', choices=['cuda', 'cpu'],
                         default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cudnn-benchmark', choices=['config', 'on', 'off'], default='config',
@@ -698,9 +701,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if mmpretrain_without_multimodal():
-        print('# mmpretrain without transformers: its multimodal models are left out')
-    import convnext_dense  # noqa: F401  (our scope; the compat fixes, mmcv ops on CUDA)
+    check_mmdet_imports()
     watch = LoadWatch()
     machine = machine_description(args.device)
     print_machine(machine, watch)

@@ -7,11 +7,9 @@
 #      (eager fp32, bf16 autocast, bf16 training step with memory, compiled).
 # The recipe runs first: its time per iteration is the unknown; the backbone stage is bounded.
 #
-# Usage, from the repository root on the GPU machine (../shared/gpu/README.md):
-#   source .gpu/setup.sh && bash tools/analysis/gpu_benchmark.sh
-# The data (tiny_coco, ade20k_sample) must travel with the call: before it, here,
-#   cp -r ../shared/data .gpu/data          (and carry .gpu)
-# or point CONVNEXT_DENSE_DATA at it. Outputs (logs, JSON, a gzipped chrome trace of our Cascade
+# Usage, from the repository root on a GPU machine (docs/gpu.md):
+#   CONVNEXT_DENSE_SAMPLE_DATA=/path/to/samples bash tools/analysis/gpu_benchmark.sh
+# where the folder holds tiny_coco/ and ade20k_sample/. Outputs (logs, JSON, a gzipped chrome trace of our Cascade
 # iterations) go to $OUT when set, else to work_dirs/gpu_benchmark.
 # Environment: BUDGET_S (default 180) bounds the whole script, BACKBONE_S (default 90) of it
 # kept for the backbone stage; RECIPE_ITERS (default 8) and RECIPE_BUDGET_S (default 20: timed
