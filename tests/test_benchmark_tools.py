@@ -403,3 +403,32 @@ def test_sync_sites_counts_the_lines_that_synchronised(recipe, monkeypatch):
     assert modes == ['warn', 0]
     (site, count), = found.items()
     assert count == 6 and 'test_benchmark_tools.py' in site and 'synchronising_call' in site
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_figures_agree_with_each_other(bench):
+    """The ratios the CPU benchmark prints are the ratios of the figures it prints (4 digits)."""
+    report = bench.main(['--quick', '--repeats', '1'])
+    rows = {row['figure']: row for row in report.rows}
+    value = lambda name: rows[name]['value']
+    close = lambda a, b: a == pytest.approx(b, rel=2e-3, abs=2e-4)
+    tag = '1x3x64x96'
+    assert close(value(f'backbone_infer_{tag}_ours_over_timm'),
+                 value(f'backbone_infer_{tag}_ours_fp32')
+                 / value(f'backbone_infer_{tag}_timm_fp32'))
+    # headroom: the fp32 matmul peak over what our eager backbone achieved (GFLOP/s, printed
+    # to 0.1: the bounds of that rounding)
+    gflops = rows[f'backbone_infer_{tag}_ours_fp32']['gflops']
+    headroom = value(f'backbone_infer_{tag}_fp32_headroom')
+    peak = value('matmul_peak_fp32')
+    assert peak / (gflops + 0.05) * 0.999 <= headroom <= peak / max(gflops - 0.05, 1e-3) * 1.001
+    train = '2x3x64x64'
+    assert close(value(f'backbone_train_{train}_ours_over_timm'),
+                 value(f'backbone_train_{train}_ours') / value(f'backbone_train_{train}_timm'))
+    mib = [rows[f'backbone_train_{train}_{name}']['peak_mib'] for name in ('ours_with_cp', 'ours')]
+    ratio = value(f'backbone_train_{train}_with_cp_memory_ratio')  # MiB printed to 0.1
+    assert (mib[0] - 0.05) / (mib[1] + 0.05) - 1e-3 <= ratio <= (mib[0] + 0.05) / (mib[1] - 0.05)
+    assert value(f'backbone_train_{train}_with_cp_memory_ratio') < 1.0  # checkpointing saves
+    assert close(value('detector_test_step_128x192_fast_over_eager'),
+                 value('detector_test_step_128x192_eager_fp32')
+                 / value('detector_test_step_128x192_fast'))

@@ -1,6 +1,5 @@
 """The fast inference path: same answers as eager fp32 within stated tolerances."""
 import copy
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -212,21 +211,6 @@ def test_bf16_detector_keeps_box_arithmetic_in_float32():
     assert representable < 0.5  # float32 coordinates, not bf16 ones
     top = expected.scores.argmax()
     assert bbox_overlaps(expected.bboxes[top:top + 1], got.bboxes).max() > 0.9
-
-
-@pytest.mark.slow
-def test_benchmark_quick_mode_runs():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark', osp.join(ROOT, 'tools/analysis/benchmark.py'))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    report = benchmark.main(['--quick', '--repeats', '1'])
-    figures = {row['figure']: row['value'] for row in report.rows}
-    assert figures['matmul_peak_fp32'] > 0 and figures['matmul_peak_bf16'] > 0
-    assert figures['backbone_infer_1x3x64x96_fp32_headroom'] > 0
-    assert figures['backbone_infer_1x3x64x96_ours_over_timm'] > 0
-    assert 0 < figures['backbone_train_2x3x64x64_with_cp_memory_ratio'] < 1.5
-    assert 'detector_test_step_128x192_fast_over_eager' in figures
 
 
 def test_jit_trace_takes_the_traceable_path():

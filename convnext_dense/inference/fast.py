@@ -49,9 +49,12 @@ def keep_freed_memory() -> bool:
     By default every allocation above 32 MiB (a ConvNeXt-T activation at 800x1216 is 23-93 MiB)
     is a fresh ``mmap`` and its pages fault in on first touch, at each forward; freed heap tops
     are trimmed too. This allocates from the heap only and never trims, so a repeated forward
-    reuses warm pages: 1.1-1.4x faster inference on a 2-core CPU (BENCHMARKS.md). The price: the process
-    keeps its peak memory until it exits. Process-wide and one-way. Returns False (and changes
-    nothing) where the C library is not glibc.
+    reuses warm pages: 1.1-1.4x faster inference on a 2-core CPU (BENCHMARKS.md). The price:
+    the process keeps its peak memory until it exits. Process-wide and one-way.
+
+    Returns:
+        bool: whether it was applied (False, changing nothing, where the C library is not
+        glibc).
     """
     try:
         libc = ctypes.CDLL(None)
@@ -146,7 +149,8 @@ def _autocast_forward(module: nn.Module, device: str, dtype: torch.dtype) -> Non
 
 def _contiguous_outputs(neck: nn.Module) -> None:
     """Hand on the neck's (channels-last) maps in NCHW layout. RoIAlign reads NCHW: converting
-    once per image beats a copy at each of its calls (1.2x on Cascade Mask R-CNN, BENCHMARKS.md)."""
+    once per image beats a copy at each of its calls (1.2x on Cascade Mask R-CNN,
+    BENCHMARKS.md)."""
     forward = neck.forward
 
     @functools.wraps(forward)
