@@ -22,22 +22,6 @@ LR, WD = 2e-4, 0.05
 OPTIMIZER = dict(type='AdamW', lr=LR, betas=(0.9, 0.999), weight_decay=WD)
 DET_CFG = ROOT / 'configs/detection/cascade_convnext_t_coco.py'
 SEG_CFG = ROOT / 'configs/segmentation/upernet_convnext_t_512_160k_ade20k.py'
-# Fallbacks while our configs do not exist: the recipes mmdet / mmseg ship, with our backbone.
-MMDET_CFG = 'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
-MMSEG_CFG = 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
-OUR_BACKBONE = dict(type='convnext_dense.ConvNeXt', arch='tiny', drop_path_rate=0.4,
-                    out_indices=(0, 1, 2, 3))
-
-
-def _load_cfg(own: Path, package: str, bundled: str) -> Config:
-    """Our recipe when present, else the recipe the package ships with our backbone put in."""
-    if own.is_file():
-        return Config.fromfile(str(own))
-    module = __import__(package)
-    cfg = Config.fromfile(str(Path(module.__file__).parent / '.mim/configs' / bundled),
-                          import_custom_modules=False)  # they import mmpretrain; we replace it
-    cfg.model.backbone = dict(OUR_BACKBONE)
-    return cfg
 
 
 def _build(package: str, cfg: Config):
@@ -54,12 +38,12 @@ def _build(package: str, cfg: Config):
 
 @pytest.fixture(scope='module')
 def det_recipe():
-    return _build('mmdet', _load_cfg(DET_CFG, 'mmdet', MMDET_CFG))
+    return _build('mmdet', Config.fromfile(str(DET_CFG)))
 
 
 @pytest.fixture(scope='module')
 def seg_recipe():
-    return _build('mmseg', _load_cfg(SEG_CFG, 'mmseg', MMSEG_CFG))
+    return _build('mmseg', Config.fromfile(str(SEG_CFG)))
 
 
 @pytest.fixture(scope='module')

@@ -22,19 +22,13 @@ def _large_activations(channels: int) -> torch.Tensor:
     return (torch.randn(2, 24, 24, channels) * scale).half()
 
 
-def test_activations_overflow_a_naive_fp16_norm():
-    x = _large_activations(16)
-    assert torch.isinf((x * x).sum(dim=(1, 2))).any()
-    assert torch.isinf(torch.linalg.vector_norm(x, dim=(1, 2))).any()
-    assert torch.isfinite(x).all()
-
-
 @pytest.mark.parametrize('half_params', [False, True], ids=['fp32-params', 'fp16-params'])
 def test_grn_fp16_is_finite_and_matches_fp32(half_params):
     channels = 16
     grn = _grn(channels)
     x = _large_activations(channels)
     reference = _grn(channels)(x.float())
+    assert torch.isinf(torch.linalg.vector_norm(x, dim=(1, 2))).any()  # an fp16 norm overflows
     if half_params:
         grn = grn.half()
     out = grn(x)
