@@ -79,3 +79,22 @@ def assert_convnext_recipe(cfg, scope, arch, pretrain, drop_path):
     assert backbone.init_cfg.type == 'Pretrained'
     assert backbone.init_cfg.checkpoint == \
         f'https://dl.fbaipublicfiles.com/convnext/convnext_{arch}_{pretrain}_224.pth'
+
+
+# ConvNeXt V2 paper (arXiv 2301.00808), ImageNet classifiers' parameters in M: backbone, final
+# norm and 1000-way fc (Table 1 / 3; rounded to 0.1M below 80M, to 1M above).
+V2_PAPER_PARAMS = {'v2-atto': 3.7, 'v2-femto': 5.2, 'v2-pico': 9.1, 'v2-nano': 15.6,
+                   'v2-tiny': 28.6, 'v2-base': 89, 'v2-large': 198, 'v2-huge': 660}
+
+
+def v2_backbone_params_from_paper(dims) -> float:
+    """Parameters (M) of our V2 backbone with its four output norms, from the paper's classifier
+    count: less the final norm (2 x C4) and the fc (1001 x C4), plus the stage norms."""
+    arch = {tuple(d): a for a, d in V2_DIMS.items()}[tuple(dims)]
+    return V2_PAPER_PARAMS[arch] + (2 * sum(dims) - 2 * dims[3] - 1001 * dims[3]) / 1e6
+
+
+V2_DIMS = {'v2-atto': (40, 80, 160, 320), 'v2-femto': (48, 96, 192, 384),
+           'v2-pico': (64, 128, 256, 512), 'v2-nano': (80, 160, 320, 640),
+           'v2-tiny': (96, 192, 384, 768), 'v2-base': (128, 256, 512, 1024),
+           'v2-large': (192, 384, 768, 1536), 'v2-huge': (352, 704, 1408, 2816)}

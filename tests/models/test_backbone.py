@@ -10,6 +10,7 @@ import torch
 
 from convnext_dense.models import ConvNeXt, convert_checkpoint, load_backbone_checkpoint
 from convnext_dense.models.backbones.convnext import ARCHS
+from helpers import V2_DIMS, V2_PAPER_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARCH = dict(depths=[1, 2, 1, 1], dims=[8, 16, 24, 32])
@@ -125,9 +126,7 @@ def test_official_layouts_are_identity_and_heads_dropped():
 
 # Backbone parameters with the four stage norms (ConvNeXt paper and official dense configs).
 V1_PARAMS = {'tiny': 27.82, 'small': 49.46, 'base': 87.57, 'large': 196.23, 'xlarge': 348.15}
-# ImageNet classifier parameters, ConvNeXt V2 paper Table: backbone + final norm + 1000-way fc.
-V2_PARAMS = {'v2-atto': 3.7, 'v2-femto': 5.2, 'v2-pico': 9.1, 'v2-nano': 15.6, 'v2-tiny': 28.6,
-             'v2-base': 89, 'v2-large': 198, 'v2-huge': 660}
+V2_PARAMS = V2_PAPER_PARAMS  # the paper's ImageNet classifiers (tests/helpers.py)
 
 
 def count(model):
@@ -149,7 +148,7 @@ def test_v2_parameter_counts(arch):
     classifier = count(model) - 2 * sum(dims) + 2 * dims[3] + 1001 * dims[3]
     digits = 0 if V2_PARAMS[arch] >= 80 else 1
     assert round(classifier / 1e6, digits) == V2_PARAMS[arch]
-    assert set(ARCHS) >= set(V2_PARAMS)
+    assert set(ARCHS) >= set(V2_PARAMS) and tuple(dims) == V2_DIMS[arch]
 
 
 def test_out_indices_subset_shapes_and_norms():
