@@ -1,33 +1,12 @@
 """Clear errors for bad dataset input, raised before training starts, not deep inside it.
 
-Nothing here changes mmengine's, mmdet's or mmseg's classes; the checks run where they are
-selected:
-
-- :func:`check_dataset_config`, which tools/train.py and tools/test.py run on the config's
-  datasets before training or testing (any ``BaseDataset``: mmdet's ``CocoDataset``, mmseg's
-  ``BaseSegDataset`` / ``ADE20KDataset``, ..., also inside dataset wrappers);
-- ``custom_hooks=[dict(type='convnext_dense.DatasetCheckHook')]`` from any config, which checks
-  the datasets the Runner built (the checks that need no re-reading of the annotations).
-
-What they report:
-
-- a ``data_root`` or ``ann_file`` that does not exist: ``FileNotFoundError`` naming it;
-- an annotation file that is empty, not JSON, or lacks a required key: :class:`DatasetError`
-  naming the file and the position / key;
-- annotations that name images (or segmentation maps) that are not on disk:
-  ``FileNotFoundError`` naming the annotation file, how many are missing and the first one;
-- a dataset with no samples (nothing listed, or everything removed by ``filter_cfg``):
-  :class:`DatasetError` naming the dataset and its ``filter_cfg``.
-
-An image without annotations is not an error: it is kept or dropped as the config's
-``filter_cfg`` (``filter_empty_gt``) says.
-
-Images are checked while they are loaded, by the transform
-``dict(type='convnext_dense.LoadImageFromFileChecked')`` used in place of mmcv's
-``LoadImageFromFile`` (:mod:`convnext_dense.datasets.transforms`): it raises
-:class:`CorruptImageError` naming an image that cannot be decoded or is truncated (OpenCV decodes
-a truncated JPEG without complaint, with the missing part grey), or skips such images while
-training with ``skip_bad_images=True``.
+:func:`check_dataset_config` (run by tools/train.py and tools/test.py on the config's datasets,
+also inside wrappers) and ``convnext_dense.DatasetCheckHook`` (any config) report a missing
+``data_root`` / ``ann_file`` / image (``FileNotFoundError``), an empty, non-JSON or incomplete
+annotation file, and a dataset with no samples left (:class:`DatasetError`), each naming the
+file, key or dataset. Images are checked while loaded by
+``convnext_dense.LoadImageFromFileChecked`` (:class:`CorruptImageError`). Nothing here changes mmengine's, mmdet's or mmseg's classes.
+Details: docs/datasets.md.
 """
 import io
 import json

@@ -1,38 +1,10 @@
 """Small synthetic datasets of shapes, for the demos and the tests (no download needed).
 
-One scene generator, two on-disk formats:
-
-- ``coco``: COCO instance segmentation, the layout mmdet's ``CocoDataset`` reads::
-
-      OUT/train/000000.jpg ...          OUT/val/000000.jpg ...
-      OUT/annotations/instances_train.json
-      OUT/annotations/instances_val.json
-
-  Every instance has an exact compressed-RLE ``segmentation`` of its *visible* pixels,
-  ``area`` (= pixel count of that mask), ``bbox`` ([x, y, w, h], the mask's tight box) and
-  ``iscrowd=0``; categories are ``1..K`` named :data:`CLASSES`.
-- ``ade``: ADE20K-style semantic segmentation, the layout mmseg's ``ADE20KDataset`` reads::
-
-      OUT/images/{training,validation}/000000.jpg
-      OUT/annotations/{training,validation}/000000.png   (uint8; 0 = other/background,
-                                                         k = CLASSES[k - 1])
-
-  The segmentation demo scores the background as a class of its own (``reduce_zero_label=False``,
-  classes ``('background',) + CLASSES``); with ``reduce_zero_label=True`` it is ignored instead
-  (255) and the shapes become 0..K-1, as ADE20K's "other".
-
-Scenes are deterministic functions of ``(seed, split, index)`` (NumPy ``SeedSequence``), so
-regenerating gives byte-identical files, the train and val splits never share a scene, and
-asking for more images leaves the first ones unchanged. A scene is a textured background
-(gradient, stripes, checkerboard or smooth noise, in muted colours) with 1..``max_objects``
-shapes of random size, aspect and rotation; shapes overlap, but a placement that would hide
-more than half of an existing shape is retried, so every instance stays mostly visible. The two
-formats draw different scenes (:class:`SceneStyle`): the COCO ones up to 6 small to medium
-shapes of any vivid colour, the ADE ones up to 3 large shapes, each painted in a hue of its own
-class (red circles, blue squares, orange triangles, green stars, purple crosses, with varied
-shade and brightness), so that a segmentor learns the classes from a few hundred scenes.
-
-Command line::
+One scene generator, two on-disk formats: ``coco`` (COCO instance segmentation with exact RLE
+masks of the visible pixels, as mmdet's ``CocoDataset`` reads it) and ``ade`` (ADE20K-style
+semantic maps, uint8, 0 = background, as mmseg's ``ADE20KDataset`` reads it). Scenes are
+deterministic functions of ``(seed, split, index)``: regenerating gives byte-identical files,
+train and val never share a scene. Layouts and scene styles: docs/datasets.md.
 
     python -m convnext_dense.datasets.toy {coco,ade} OUT_DIR --seed 0 \\
         --num-train 200 --num-val 50 --size 256 192

@@ -1,53 +1,13 @@
 """Layer-wise learning-rate decay for ConvNeXt backbones in detectors and segmentors.
 
-The rule is the one of the ConvNeXt paper's dense-prediction code (README.md, "Layer-wise
-learning-rate decay"). With ``N = num_layers`` and ``L = N + 2``, a parameter with layer id ``k``
-gets the learning rate ``lr * decay_rate ** (L - k - 1)``::
-
-    parameter (names under ``backbone.``)        layer_wise id     stage_wise id
-    cls_token, mask_token, pos_embed             0                 0
-    downsample_layers.0 (the stem)               0                 0
-    stages.0.*                                   1                 1
-    downsample_layers.1                          2                 0
-    stages.1.*                                   2                 2
-    downsample_layers.2                          3                 0
-    stages.2.k.*                                 3 + k // 3        3
-    downsample_layers.3                          N                 0
-    stages.3.*                                   N                 4
-    everything else (norm0-3, neck, heads)       N + 1             N + 1
-
-Weight decay is 0 for 1-D parameters, for names ending in ``.bias`` and for ``pos_embed`` /
-``cls_token``; every other parameter gets the optimizer's ``weight_decay``. This is exactly what
-mmdet 3.x's and mmseg 1.x's ``LearningRateDecayOptimizerConstructor`` do for ConvNeXt; on top of
-it this constructor
-
-- picks ``num_layers`` from the backbone when it is not given (6 when ``backbone.stages.2`` has
-  at most 9 blocks, else 12, as in the official configs);
-- applies mmengine-style ``custom_keys`` (``lr_mult`` / ``decay_mult`` by name substring; the
-  longest matching key wins, ties go to the alphabetically first) as factors on top of the
-  decayed learning rate and of the weight decay (so a no-decay parameter stays at 0);
-- gives ConvNeXt V2's GRN ``gamma`` / ``beta`` no weight decay unless ``grn_weight_decay=True``
-  (see below);
-- merges parameters with the same (layer id, lr, weight decay) into one group and logs one table
-  row per group;
-- accepts the model wrapped in (MM)DistributedDataParallel: ``module.`` prefixes are ignored.
-
-A model without any ``backbone.`` parameter (e.g. a bare classifier head) is accepted: all its
-parameters get id ``N + 1`` (lr scale 1) and a warning says that the decay had nothing to act on.
-A model whose backbone has ``backbone.`` parameters but none named like ConvNeXt's
-(``backbone.downsample_layers.*`` / ``backbone.stages.*``) is refused with a ``ValueError``,
-since the rule would silently leave it undecayed. The ``ConvNeXt`` of mmpretrain uses the same
-names as ours, so it is handled too.
-
-ConvNeXt V2's GRN: its ``gamma`` / ``beta`` have shape (1, 1, 1, C), so the rule above (like
-mmdet's and mmseg's) would give them weight decay. The V2 maintainers advise against it
-(facebookresearch/ConvNeXt-V2 issue #15; their fine-tuning code exempts every ``.gamma`` /
-``.beta`` since commit 2553895), so by default this constructor gives every parameter named
-``*.grn.gamma`` / ``*.grn.beta`` weight decay 0; its learning rate is unchanged. V1 backbones have
-no GRN, so their groups are exactly mmdet's / mmseg's. ``paramwise_cfg=dict(...,
-grn_weight_decay=True)`` gives GRN the optimizer's weight decay again (the rule of mmdet and
-mmseg); ``custom_keys`` apply on top either way (their ``decay_mult`` scales whatever weight
-decay the parameter has, so it cannot bring back decay that the default removed).
+The rule of the ConvNeXt paper's dense code, as mmdet 3.x's and mmseg 1.x's
+``LearningRateDecayOptimizerConstructor`` apply it: with ``L = num_layers + 2``, a parameter of
+layer id ``k`` (the stem 0, stage blocks by depth, everything outside the backbone
+``num_layers + 1``; ``layer_wise`` or ``stage_wise``) gets ``lr * decay_rate ** (L - k - 1)``;
+1-D parameters and biases get no weight decay. On top of that: ``num_layers`` read from the
+backbone when not given, mmengine-style ``custom_keys``, no weight decay for ConvNeXt V2's GRN
+unless ``grn_weight_decay=True``, one group per (layer id, lr, weight decay) with a logged
+table, and DDP-wrapped models. The full table of layer ids and the reasons: docs/layer_decay.md.
 """
 import logging
 from numbers import Real
