@@ -4,24 +4,9 @@
     python tools/analysis/benchmark.py --quick         # CPU, small shapes (used by the tests)
     python tools/analysis/benchmark.py --device cuda [--quick]   # GPU backbone figures
 
-Prints a table and one JSON line per figure (``{"figure": ..., "value": ..., "unit": ...}``).
-Every time is the median of ``--repeats`` runs after warm-up, contestants called round-robin;
-every ratio compares figures measured in this same process. The fast-path figures come last,
-because the fast path tunes the process's allocator for good. FLOP/s count a multiply-add as 2
-FLOPs, as the matmul peaks do; a "headroom" figure is the fp32 matmul peak over what our eager
-path achieves: the most any fp32 implementation could gain on it.
-
-Every run first prints the machine: CPU model, whether bf16 runs natively (oneDNN's check and
-the avx512_bf16 / amx_bf16 flags), the load average before and after (a WARNING when the
-1-minute load exceeded half the cores at either point: the figures then measure the other
-processes too), and on ``--device cuda`` the GPU, torch, CUDA and cuDNN versions.
-
-On ``--device cuda`` (cudnn.benchmark on, ``torch.cuda.synchronize`` closing every timed call):
-our ConvNeXt-T against timm's ``convnext_tiny`` on the same weights, in eager fp32, in bf16
-autocast, compiled (our ``enable_fast_inference`` against ``torch.compile`` of timm's
-``forward_features`` under bf16 autocast), and a bf16-autocast training step (forward +
-backward) with the peak memory each step adds (``torch.cuda.max_memory_allocated``).
-The full-recipe training iterations are tools/analysis/benchmark_recipe.py's.
+Prints the machine (CPU model, native bf16, load before and after), then one JSON line per
+figure and a table. Every time is the median of ``--repeats`` round-robin runs after warm-up,
+and every ratio compares figures measured in this same process. Method: docs/benchmarks.md.
 """
 import argparse
 import copy

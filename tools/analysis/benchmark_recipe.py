@@ -4,47 +4,12 @@
     python tools/analysis/benchmark_recipe.py --quick --profile   # a few iterations, + profile
     python tools/analysis/benchmark_recipe.py --tasks det --iters 10 --cudnn-benchmark on
 
-The contestants, per task, built in this process on the same data:
-
-- ``det``: our configs/detection/cascade_convnext_t_coco.py against mmdet 3.3's
-  ``configs/convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py``
-  (the port: ``mmpretrain.ConvNeXt``), on the 50 COCO train2017 images of ``tiny_coco``;
-- ``seg``: our configs/segmentation/upernet_convnext_t_512_160k_ade20k.py against mmseg 1.2's
-  ``configs/convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py``, on the ADE20K
-  images of ``ade20k_sample``.
-
-The port's configs are read from the installed mmdet / mmseg packages (``.mim/configs``). Each
-config keeps its own pipeline (the recipes' multi-scale / crop augmentation at their real
-resolutions), model, AMP optimizer wrapper, layer-decay constructor, schedulers and hooks; the
-changes are: no pre-trained checkpoint (``init_cfg=None``), the data location, batch 2, the
-same number of loader workers and the same seed for both (so both see the same images in the
-same order and, the pipelines being the same, mostly the same input shapes), no validation.
-After the models are built, the port's weights are copied into ours (the same state-dict
-layout up to the backbone's key names), so both compute on the same numbers.
-
-An iteration is what mmengine's train loop does for one batch: take the batch from the
-contestant's data loader, then ``train_loop.run_iter`` (hooks before, ``train_step``: data
-preprocessor, forward, losses, AMP backward and optimizer step, hooks after), closed by
-``torch.cuda.synchronize()``. Contestants alternate iteration by iteration after a warm-up
-(round-robin: a drift of the machine hits both alike); the figure is the median over ``--iters``
-rounds. Also printed: the median time waiting for data, the median with and without a
-first-seen (padded) batch shape (per-shape cuDNN planning shows there when
-``--cudnn-benchmark on``), the peak GPU memory an iteration adds to what is allocated before it,
-and the memory each model holds (parameters and optimizer state).
-
-``torch.backends.cudnn.benchmark`` is process-wide: it is set before each contestant's
-iteration to what its config's ``env_cfg.cudnn_benchmark`` says (both recipes: off), or to
-``--cudnn-benchmark on|off`` for both.
-
-``--profile`` profiles ``--profile-iters`` iterations of ours (``--profile-target``) with
-``torch.profiler`` after the timed rounds, and prints: the GPU kernel time against the wall
-time, the time per phase (data preprocessor, backbone, neck, heads, backward, optimizer step,
-hooks), the top-20 operators by self CUDA time and by self CPU time, the number of
-host-device synchronisations (cudaStreamSynchronize, DtoH copies, ``.item()``) per iteration,
-and, from ``torch.cuda.set_sync_debug_mode('warn')`` over one more iteration, the Python lines
-that synchronised.
-
-If mmpretrain is missing, the port cannot be built: ours runs alone, with a message saying so.
+Cascade Mask R-CNN T (tiny_coco) and UperNet T (ade20k_sample) from our configs against
+mmdet 3.3's / mmseg 1.2's ConvNeXt configs (mmpretrain's backbone), built in this process on
+the same data, seed and weights; contestants alternate iteration by iteration after a warm-up
+and the figure is the median. ``--profile`` adds a torch.profiler breakdown and the lines that
+synchronised host and device. The sample data: ``--data-root`` or $CONVNEXT_DENSE_SAMPLE_DATA.
+What an iteration covers and what is changed in each config: docs/benchmarks.md.
 """
 import argparse
 import collections
