@@ -1,9 +1,8 @@
 """What tools/train.py, test.py and convert_checkpoint.py share: imports, config loading, the
-one function that builds the Runner, the checkpoint-exists check, and error reporting (an
-expected error is one line on stderr and exit status 2; ``--debug`` or
-``CONVNEXT_DENSE_DEBUG=1`` shows the traceback)."""
+one function that builds the Runner, the checkpoint-exists check, and error reporting (a
+:class:`~convnext_dense.errors.UserError` is one line on stderr and exit status 2; ``--debug``
+or ``CONVNEXT_DENSE_DEBUG=1`` shows the traceback)."""
 import importlib
-import linecache
 import os
 import os.path as osp
 import sys
@@ -17,6 +16,8 @@ except ModuleNotFoundError as error:  # not installed: a plain checkout, the pac
     import convnext_dense  # noqa: F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
+from convnext_dense.errors import (ConfigError, ConfigKeyError, MissingFileError,  # noqa: E402
+                                   UserError)
 
 SCOPES = ('mmdet', 'mmseg')
 DEBUG_ENV = 'CONVNEXT_DENSE_DEBUG'
@@ -51,8 +52,8 @@ def add_debug_arg(parser) -> None:
 def load_config(args) -> Config:
     """Read the config, apply --cfg-options / --work-dir / --launcher, init the scope."""
     if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file {args.config} does not exist; give the path of '
-                                f'a config, e.g. configs/detection/cascade_convnext_t_coco.py')
+        raise MissingFileError(f'config file {args.config} does not exist; give the path of '
+                               f'a config, e.g. configs/detection/cascade_convnext_t_coco.py')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     from _overrides import apply_variables
     cfg = Config.fromfile(args.config)
@@ -74,18 +75,15 @@ def load_config(args) -> Config:
         cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
     scope = cfg.get('default_scope')
     if scope not in SCOPES:
-        raise ValueError(f'{args.config}: default_scope is {scope!r}; these tools run configs '
-                         f"with default_scope 'mmdet' (detection) or 'mmseg' (segmentation).")
+        raise ConfigError(f'{args.config}: default_scope is {scope!r}; these tools run configs '
+                          f"with default_scope 'mmdet' (detection) or 'mmseg' (segmentation).")
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     init_default_scope(scope)
     return cfg
 
 
-class CfgOptionError(KeyError):
-    """A ``--cfg-options`` key that is refused (printed without KeyError's quotes)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ''
+class CfgOptionError(ConfigKeyError):
+    """A ``--cfg-options`` key that is refused."""
 
 
 def check_cfg_options(cfg, options: dict, config_path: str = 'the config') -> dict:
@@ -195,7 +193,7 @@ def require_checkpoint(path, what: str = 'checkpoint',
     """``FileNotFoundError`` naming ``what`` and ``path`` when the local file ``path`` does not
     exist (URLs are left to the loader)."""
     if path and '://' not in str(path) and not osp.isfile(path):
-        raise FileNotFoundError(f'{what} {path} does not exist; {hint}.')
+        raise MissingFileError(f'{what} {path} does not exist; {hint}.')
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -310,36 +308,26 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
 
 # ----------------------------------------------------------------------------- errors
 def _expected_types() -> tuple:
+    """What a tool reports as one line: our :class:`~convnext_dense.errors.UserError` family,
+    the checkpoint loader's refusals, and a missing file (also from mmengine or mmcv)."""
     from convnext_dense.compat import DamagedCheckpointError, UnsafeCheckpointError
-    from convnext_dense.datasets import CorruptImageError, DatasetError
-    from _overrides import ConfigError
-    return (FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError, CfgOptionError,
-            DatasetError, CorruptImageError, ConfigError)
-
-
-_OURS = (osp.dirname(osp.abspath(convnext_dense.__file__)), osp.dirname(osp.abspath(__file__)))
-
-
-def _raised_on_purpose(error: BaseException) -> bool:
-    """Whether a ``raise`` statement in convnext_dense or tools/ raised ``error`` (our
-    deliberate errors name the problem; anything else may be a bug and keeps its traceback)."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    filename = osp.abspath(tb.tb_frame.f_code.co_filename)
-    line = linecache.getline(filename, tb.tb_lineno).strip()
-    return filename.startswith(_OURS) and line.startswith('raise ')
+    return (UserError, FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError)
 
 
 def expected_error(error: BaseException):
     """The exception to report as one line for ``error`` (itself, or one it was raised from or
-    while handling, e.g. ours inside mmengine's registry), or None: show the traceback."""
+    while handling, e.g. ours inside mmengine's registry), or None: show the traceback.
+
+    Args:
+        error (BaseException): what the tool's ``main`` raised.
+
+    Returns:
+        BaseException | None: the error to print, None where it may be a bug.
+    """
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, _expected_types()) or _raised_on_purpose(error):
+        if isinstance(error, _expected_types()):
             return error
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None

@@ -33,8 +33,7 @@ RUNNER_KEYS = frozenset({
     'tta_pipeline', 'tta_test_cfg'})
 
 
-class ConfigError(ValueError):
-    """A config file or ``--cfg-options`` mistake, reported as one line."""
+from convnext_dense.errors import ConfigError  # noqa: E402  (a config or --cfg-options mistake)
 
 
 # ----------------------------------------------------------------------------- variables

@@ -19,6 +19,7 @@ import argparse
 
 from _common import add_debug_arg, require_checkpoint, run_tool
 from convnext_dense.engine import save_atomically
+from convnext_dense.errors import ConfigError, InputError
 from convnext_dense.models import convert_checkpoint
 from convnext_dense.models import official_dense
 from mmengine.runner.checkpoint import _load_checkpoint
@@ -28,13 +29,13 @@ def _full(checkpoint, src: str) -> dict:
     """The whole official dense model in our key names, with a plain provenance meta."""
     meta = official_dense.old_runner_meta(checkpoint)
     if meta is None or not isinstance(checkpoint.get('state_dict'), dict):
-        raise ValueError(f'{src} is not an official trained ConvNeXt detection / segmentation '
+        raise InputError(f'{src} is not an official trained ConvNeXt detection / segmentation '
                          f'checkpoint (no mmcv 1.x meta and state_dict); --mode full converts '
                          f'only those. Use --mode backbone for backbone weights.')
     state_dict, renamed = official_dense.map_state_dict(checkpoint['state_dict'])
     found = official_dense.identify(state_dict)
     if found['family'] is None:
-        raise ValueError(f'{src} holds no Cascade Mask R-CNN, Mask R-CNN or UperNet heads '
+        raise InputError(f'{src} holds no Cascade Mask R-CNN, Mask R-CNN or UperNet heads '
                          f'(roi_head.* / decode_head.*); use --mode backbone.')
     configs = official_dense.matching_configs(found['family'], found['arch'])
     print(f'{src}: {official_dense.describe(meta, found)}; {len(renamed)} key(s) renamed'
@@ -65,15 +66,15 @@ def main(argv=None):
             else 'backbone'
     if mode == 'full':
         if args.prefix is not None or args.add_prefix:
-            raise ValueError('--mode full writes the whole model under our names; --prefix and '
-                             '--add-prefix apply to --mode backbone only.')
+            raise ConfigError('--mode full writes the whole model under our names; --prefix and '
+                              '--add-prefix apply to --mode backbone only.')
         converted = _full(checkpoint, args.src)
         save_atomically(converted, args.dst)
         print(f'wrote {len(converted["state_dict"])} tensors (whole model) to {args.dst}')
         return
     state_dict = convert_checkpoint(checkpoint, prefix=args.prefix)
     if not state_dict:
-        raise ValueError(f'{args.src} holds no ConvNeXt backbone weights (prefix '
+        raise InputError(f'{args.src} holds no ConvNeXt backbone weights (prefix '
                          f'{args.prefix!r}); give --prefix for weights under another key.')
     state_dict = {args.add_prefix + k: v for k, v in state_dict.items()}
     save_atomically({'state_dict': state_dict}, args.dst)

@@ -25,6 +25,7 @@ import warnings
 from collections import Counter
 
 from _common import add_debug_arg, require_checkpoint, run_tool
+from convnext_dense.errors import ConfigError, InputError, MissingFileError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
@@ -58,17 +59,17 @@ def list_inputs(path: str):
                         if name.lower().endswith(IMAGE_SUFFIXES)
                         and osp.isfile(osp.join(path, name)))
         if not images:
-            raise FileNotFoundError(f'{path} holds no images ({", ".join(IMAGE_SUFFIXES)}); '
-                                    f'give an image, a folder of images or a video.')
+            raise MissingFileError(f'{path} holds no images ({", ".join(IMAGE_SUFFIXES)}); '
+                                   f'give an image, a folder of images or a video.')
         return 'images', images
     if not osp.isfile(path):
-        raise FileNotFoundError(f'input {path} does not exist; give an image, a folder of '
-                                f'images or a video.')
+        raise MissingFileError(f'input {path} does not exist; give an image, a folder of '
+                               f'images or a video.')
     if path.lower().endswith(VIDEO_SUFFIXES):
         return 'video', [path]
     if path.lower().endswith(IMAGE_SUFFIXES):
         return 'images', [path]
-    raise ValueError(f'input {path}: not an image ({", ".join(IMAGE_SUFFIXES)}) or a video '
+    raise InputError(f'input {path}: not an image ({", ".join(IMAGE_SUFFIXES)}) or a video '
                      f'({", ".join(VIDEO_SUFFIXES)}).')
 
 
@@ -95,15 +96,15 @@ class Predictor:
         from mmengine.config import Config
         from mmengine.registry import VISUALIZERS, init_default_scope
         if not osp.isfile(config):
-            raise FileNotFoundError(f'config file {config} does not exist; give the config '
-                                    f'the checkpoint was trained with.')
+            raise MissingFileError(f'config file {config} does not exist; give the config '
+                                   f'the checkpoint was trained with.')
         require_checkpoint(checkpoint, 'checkpoint', 'give the path of a checkpoint file '
                            'written by training this config')
         cfg = Config.fromfile(config)
         self.scope = cfg.get('default_scope')
         if self.scope not in ('mmdet', 'mmseg'):
-            raise ValueError(f"{config}: default_scope is {self.scope!r}; tools/demo.py runs "
-                             f"'mmdet' (detection) and 'mmseg' (segmentation) configs.")
+            raise ConfigError(f"{config}: default_scope is {self.scope!r}; tools/demo.py runs "
+                              f"'mmdet' (detection) and 'mmseg' (segmentation) configs.")
         self._strip_pretrained(cfg)
         # record: init_* warn "checkpoint is None, use COCO classes" (we load it below)
         with warnings.catch_warnings(record=True):
@@ -273,7 +274,7 @@ def run_video(predictor: Predictor, path: str, out_dir: str) -> Counter:
     import mmcv
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        raise ValueError(f'video {path} cannot be opened (OpenCV reads .mp4 / .avi with its '
+        raise InputError(f'video {path} cannot be opened (OpenCV reads .mp4 / .avi with its '
                          f'built-in codecs); convert it, e.g. with ffmpeg -i {path} out.mp4.')
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -306,7 +307,7 @@ def run_video(predictor: Predictor, path: str, out_dir: str) -> Counter:
         if writer is not None:
             writer.release()
     if not done:
-        raise ValueError(f'video {path} has no frame that OpenCV can decode.')
+        raise InputError(f'video {path} has no frame that OpenCV can decode.')
     summary = predictor.summary(seen)
     if predictor.scope == 'mmdet':
         summary = summary.replace(' (', ' in all (', 1)

@@ -34,9 +34,10 @@ import shlex
 import sys
 
 from _common import add_debug_arg, run_tool
+from convnext_dense.errors import ConfigError, MissingFileError
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe or dataset this tool cannot write a config for (one line, exit status 2)."""
 
 
@@ -322,12 +323,12 @@ def write_config(cfg, args, out: str, root: str) -> list:
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.recipe):
-        raise FileNotFoundError(f'recipe {args.recipe} does not exist; give a config, e.g. '
-                                f'configs/detection/cascade_convnext_t_coco.py')
+        raise MissingFileError(f'recipe {args.recipe} does not exist; give a config, e.g. '
+                               f'configs/detection/cascade_convnext_t_coco.py')
     root = osp.abspath(osp.expanduser(args.data_root))
     if not osp.isdir(root):
-        raise FileNotFoundError(f'--data-root {args.data_root} does not exist; point it at '
-                                f'the folder of your dataset.')
+        raise MissingFileError(f'--data-root {args.data_root} does not exist; point it at '
+                               f'the folder of your dataset.')
     from mmengine.config import Config
     cfg = Config.fromfile(args.recipe)
     out = args.out or (osp.splitext(osp.basename(args.recipe))[0] + '_'

@@ -15,6 +15,7 @@ import argparse
 import os.path as osp
 
 from _common import add_common_args, build_runner, load_config, require_checkpoint, run_tool
+from convnext_dense.errors import ConfigError, ConfigKeyError
 
 
 def parse_args(argv=None):
@@ -43,8 +44,8 @@ def parse_args(argv=None):
 def _enable_show_dir(cfg, show_dir: str) -> None:
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
-        raise KeyError('--show-dir needs default_hooks.visualization (DetVisualizationHook or '
-                       'SegVisualizationHook) in the config; add it or drop --show-dir.')
+        raise ConfigKeyError('--show-dir needs default_hooks.visualization (DetVisualizationHook '
+                             'or SegVisualizationHook) in the config; add it or drop --show-dir.')
     hook.draw = True
     show_dir = osp.abspath(show_dir)
     if cfg.default_scope == 'mmdet':
@@ -63,8 +64,8 @@ def _enable_show_dir(cfg, show_dir: str) -> None:
 def _enable_tta(cfg, config_path: str) -> None:
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
     if missing:
-        raise KeyError(f'--tta: {config_path} defines no {" / ".join(missing)}; add them to '
-                       f'the config (see configs/segmentation/_base_/datasets/ade20k.py).')
+        raise ConfigKeyError(f'--tta: {config_path} defines no {" / ".join(missing)}; add them to '
+                             f'the config (see configs/segmentation/_base_/datasets/ade20k.py).')
     module = cfg.model
     if 'tta_test_cfg' in cfg:  # e.g. the official multi-scale test runs on whole images
         module.test_cfg = cfg.tta_test_cfg
@@ -78,12 +79,12 @@ def _enable_tta(cfg, config_path: str) -> None:
 def _use_onnx_model(cfg, args) -> None:
     """The config's model becomes convnext_dense.OnnxSegmentor running args.checkpoint."""
     if args.fast:
-        raise ValueError(f'--fast applies to PyTorch models; {args.checkpoint} is an ONNX '
-                         f'file (run with onnxruntime). Drop --fast.')
+        raise ConfigError(f'--fast applies to PyTorch models; {args.checkpoint} is an ONNX '
+                          f'file (run with onnxruntime). Drop --fast.')
     if cfg.default_scope != 'mmseg':
-        raise ValueError(f'{args.checkpoint}: tools/test.py evaluates ONNX files of '
-                         f'segmentation configs only; {args.config} is a detection config '
-                         f'(see the Deployment section of README.md).')
+        raise ConfigError(f'{args.checkpoint}: tools/test.py evaluates ONNX files of '
+                          f'segmentation configs only; {args.config} is a detection config '
+                          f'(see the Deployment section of README.md).')
     from convnext_dense.deployment import onnx_model_config  # registers OnnxSegmentor
     require_checkpoint(args.checkpoint, 'ONNX file',
                        'export one with tools/deployment/export_onnx.py CONFIG CHECKPOINT '
@@ -109,8 +110,8 @@ def main(argv=None):
         cfg.test_evaluator.output_dir = args.out
         cfg.test_evaluator.keep_results = True
     if args.out and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out {args.out}: detection predictions are written as a pickle; '
-                         f'give a file name ending in .pkl.')
+        raise ConfigError(f'--out {args.out}: detection predictions are written as a pickle; '
+                          f'give a file name ending in .pkl.')
 
     runner = build_runner(cfg, splits=('test',), require_all=True)
     if args.out and cfg.default_scope == 'mmdet':

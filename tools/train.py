@@ -16,6 +16,7 @@ import warnings
 
 from _common import (add_common_args, build_runner, load_config, require_checkpoint, run_tool,
                      use_atomic_checkpoints)
+from convnext_dense.errors import ConfigError, ConfigKeyError, MissingPackageError
 
 
 def parse_args(argv=None):
@@ -63,8 +64,8 @@ def setup_visualization(cfg, backends=()) -> None:
     no package to write with."""
     visualizer = cfg.get('visualizer')
     if backends and visualizer is None:
-        raise KeyError('--vis needs a visualizer in the config (e.g. '
-                       "visualizer = dict(type='DetLocalVisualizer', vis_backends=[...])).")
+        raise ConfigKeyError('--vis needs a visualizer in the config (e.g. '
+                             "visualizer = dict(type='DetLocalVisualizer', vis_backends=[...])).")
     if visualizer is None:
         return
     current = list(visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
@@ -76,7 +77,7 @@ def setup_visualization(cfg, backends=()) -> None:
                            str(b.get('type', '')).endswith('TensorboardVisBackend')
                            for b in current)
     if uses_tensorboard and _tensorboard_missing():
-        raise ModuleNotFoundError(f'TensorBoard logging (--vis tensorboard or a '
+        raise MissingPackageError(f'TensorBoard logging (--vis tensorboard or a '
                                   f'TensorboardVisBackend in the config) needs the tensorboard '
                                   f'package: {TENSORBOARD_INSTALL}.')
 
@@ -92,9 +93,9 @@ def _setup_amp(cfg, requested=None) -> None:
     if requested:
         precision = 'fp16' if requested is True else requested
         if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, '
-                             f'the config has {wrapper.type!r}; drop --amp or change the '
-                             f'config.')
+            raise ConfigError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, '
+                              f'the config has {wrapper.type!r}; drop --amp or change the '
+                              f'config.')
         if wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
             wrapper.type = 'AmpOptimWrapper'
             wrapper.loss_scale = 'dynamic'

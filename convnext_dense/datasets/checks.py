@@ -5,7 +5,8 @@ also inside wrappers) and ``convnext_dense.DatasetCheckHook`` (any config) repor
 ``data_root`` / ``ann_file`` / image (``FileNotFoundError``), an empty, non-JSON or incomplete
 annotation file, and a dataset with no samples left (:class:`DatasetError`), each naming the
 file, key or dataset. Images are checked while loaded by
-``convnext_dense.LoadImageFromFileChecked`` (:class:`CorruptImageError`). Nothing here changes mmengine's, mmdet's or mmseg's classes.
+``convnext_dense.LoadImageFromFileChecked`` (:class:`CorruptImageError`). Nothing here
+changes mmengine's, mmdet's or mmseg's classes.
 Details: docs/datasets.md.
 """
 import io
@@ -13,15 +14,17 @@ import json
 import os.path as osp
 from typing import List, Optional
 
+from ..errors import InputError, MissingFileError
+
 __all__ = ['CorruptImageError', 'DatasetError', 'build_checked_dataset', 'check_built_dataset',
            'check_dataset_config', 'full_init_checked', 'image_problem', 'read_image']
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset's annotation file or contents are unusable."""
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(InputError):
     """An image file exists but cannot be decoded (corrupt or truncated)."""
 
 
@@ -37,13 +40,13 @@ def _name(dataset) -> str:
 def _check_paths_exist(dataset) -> None:
     root = getattr(dataset, 'data_root', None)
     if _is_local(root) and not osp.isdir(root):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'{_name(dataset)}: dataset root {root!r} does not exist. Set data_root in the '
             f'config or pass --cfg-options data_root=PATH (the toy sets are written by '
             f'`python -m convnext_dense.datasets.toy {{coco,ade}} PATH`).')
     ann_file = getattr(dataset, 'ann_file', None)
     if _is_local(ann_file) and not osp.isfile(ann_file):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'{_name(dataset)}: annotation file {ann_file!r} does not exist (data_root '
             f'{root!r}). Check ann_file and data_root in the config.')
 
@@ -84,7 +87,7 @@ def _check_data_list(dataset, data_list) -> None:
                 len(missing) == len(paths):
             continue  # testing without labels (format-only): there are no maps at all
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f'{_name(dataset)}: {len(missing)} of the {len(paths)} {what}s of '
                 f'{source} do not exist; the first: {missing[0]}. Check data_root and '
                 f'data_prefix in the config, or regenerate the annotations.')

@@ -20,6 +20,8 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
+
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'star', 'cross')
 # Visualisation colours (RGB) of the classes, for dataset metainfo.
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
@@ -206,9 +208,9 @@ def _write_jpg(path: str, image_rgb: np.ndarray) -> None:
 
 def _check_args(num: int, size: Tuple[int, int]) -> None:
     if num < 0:
-        raise ValueError(f'number of images must be >= 0, got {num}')
+        raise ConfigError(f'number of images must be >= 0, got {num}')
     if len(size) != 2 or min(size) < 32:
-        raise ValueError(f'size must be (width, height) with both >= 32, got {tuple(size)}')
+        raise ConfigError(f'size must be (width, height) with both >= 32, got {tuple(size)}')
 
 
 def write_coco(out_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 50,

@@ -6,6 +6,7 @@ from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 from mmengine.logging import print_log
 
+from ..errors import MissingFileError
 from ..registry import TRANSFORMS
 from .checks import CorruptImageError, read_image
 
@@ -43,8 +44,8 @@ class LoadImageFromFileChecked(LoadImageFromFile):
             else:
                 data = fileio.get(filename, backend_args=self.backend_args)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f'Image {filename} does not exist (it is listed by the '
-                                    f'dataset). Check data_root / data_prefix.') from error
+            raise MissingFileError(f'Image {filename} does not exist (it is listed by the '
+                                   f'dataset). Check data_root / data_prefix.') from error
         return read_image(data, filename, flag=self.color_type, backend=self.imdecode_backend)
 
     def transform(self, results: dict) -> Optional[dict]:

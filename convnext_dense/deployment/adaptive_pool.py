@@ -12,6 +12,8 @@ exporter keeps symbolic.
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
+
 
 def _averaging_matrix(size: torch.Tensor, bins: int, like: torch.Tensor) -> torch.Tensor:
     """(bins, size) matrix whose row i averages the pixels of adaptive-pool bin i:
@@ -33,8 +35,8 @@ class ShapeAgnosticAdaptiveAvgPool2d(nn.Module):
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         if any(s is None for s in output_size):
-            raise ValueError(f'ShapeAgnosticAdaptiveAvgPool2d needs a fixed output size, got '
-                             f'{output_size}.')
+            raise ConfigError(f'ShapeAgnosticAdaptiveAvgPool2d needs a fixed output size, got '
+                              f'{output_size}.')
         self.output_size = tuple(int(s) for s in output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

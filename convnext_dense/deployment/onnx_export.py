@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError, UnsupportedError
 from .adaptive_pool import replace_adaptive_pools
 from .runtime import create_session, require, run_session
 
@@ -124,7 +125,7 @@ def _check_logits_head(segmentor: nn.Module) -> None:
     head = getattr(segmentor, 'decode_head', None)
     if not isinstance(head, BaseDecodeHead) or type(head).predict is not BaseDecodeHead.predict \
             or type(head).predict_by_feat is not BaseDecodeHead.predict_by_feat:
-        raise NotImplementedError(
+        raise UnsupportedError(
             f'{type(segmentor).__name__} with decode head {type(head).__name__}: only heads '
             f'whose forward gives the logits (UPerHead, FCNHead, ...) export with --part '
             f'model; export the backbone with --part backbone instead.')
@@ -134,10 +135,10 @@ def check_part(cfg, part: str) -> None:
     """Raise when ``part`` of ``cfg``'s model cannot be exported (before anything is built):
     an unknown part, or the whole model of a detector (:data:`DETECTOR_BLOCKERS`)."""
     if part not in PARTS:
-        raise ValueError(f'part must be one of {PARTS}, got {part!r}.')
+        raise ConfigError(f'part must be one of {PARTS}, got {part!r}.')
     if part == 'model' and not _is_bare_backbone(cfg.model) \
             and cfg.get('default_scope') == 'mmdet':
-        raise NotImplementedError(f'{cfg.model.type}: ' + DETECTOR_BLOCKERS)
+        raise UnsupportedError(f'{cfg.model.type}: ' + DETECTOR_BLOCKERS)
 
 
 def export_module(cfg, model: nn.Module, part: str = 'model') -> Tuple[nn.Module, List[str]]:

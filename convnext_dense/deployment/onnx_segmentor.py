@@ -16,6 +16,7 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.models.utils import resize
 
+from ..errors import ConfigError, InputError, UnsupportedError
 from ..registry import MODELS
 from .runtime import create_session, run_session
 
@@ -46,7 +47,7 @@ class OnnxSegmentor(EncoderDecoder):
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(outputs[0].shape) != 4 \
                 or not isinstance(outputs[0].shape[1], int):
-            raise ValueError(
+            raise InputError(
                 f'{onnx_file} is not a segmentor export: it has {len(inputs)} input(s) and '
                 f'outputs {[(o.name, o.shape) for o in outputs]}; a segmentor export has one '
                 f'(N, num_classes, H, W) output. Export with tools/deployment/export_onnx.py '
@@ -63,7 +64,7 @@ class OnnxSegmentor(EncoderDecoder):
     def _check_shape(self, inputs: torch.Tensor) -> None:
         for axis, (want, have) in enumerate(zip(self.input_shape, inputs.shape)):
             if isinstance(want, int) and want != have:
-                raise ValueError(
+                raise InputError(
                     f'{self.onnx_file} was exported for inputs of shape {self.input_shape}; '
                     f'this batch is {tuple(inputs.shape)} (axis {axis}). Export with '
                     f'--dynamic, or with --shape matching the test pipeline (sliding-window '
@@ -86,12 +87,12 @@ class OnnxSegmentor(EncoderDecoder):
         return logits
 
     def extract_feat(self, inputs):
-        raise NotImplementedError(f'{self.onnx_file}: an exported segmentor returns logits '
-                                  f'only; export the features with --part backbone.')
+        raise UnsupportedError(f'{self.onnx_file}: an exported segmentor returns logits '
+                               f'only; export the features with --part backbone.')
 
     def loss(self, inputs, data_samples):
-        raise NotImplementedError(f'{self.onnx_file}: an ONNX segmentor cannot be trained; '
-                                  f'train the PyTorch config and export again.')
+        raise UnsupportedError(f'{self.onnx_file}: an ONNX segmentor cannot be trained; '
+                               f'train the PyTorch config and export again.')
 
     def _forward(self, inputs, data_samples=None):
         return self.encode_decode(inputs, [dict(img_shape=tuple(inputs.shape[2:]))])
@@ -102,9 +103,9 @@ def onnx_model_config(model_cfg, onnx_file: str, config_path: str = 'the config'
     ``onnx_file`` in place of the PyTorch model (same data_preprocessor and test_cfg)."""
     decode_head = model_cfg.get('decode_head')
     if 'backbone' not in model_cfg or decode_head is None:
-        raise ValueError(f'{config_path}: model {model_cfg.get("type")!r} is not a segmentor '
-                         f'with a decode_head; tools/test.py evaluates ONNX files of '
-                         f'segmentation configs only.')
+        raise ConfigError(f'{config_path}: model {model_cfg.get("type")!r} is not a segmentor '
+                          f'with a decode_head; tools/test.py evaluates ONNX files of '
+                          f'segmentation configs only.')
     if isinstance(decode_head, list):  # cascade decoders: the last head gives the logits
         decode_head = decode_head[-1]
     return dict(type='convnext_dense.OnnxSegmentor', onnx_file=onnx_file,

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..errors import MissingFileError, MissingPackageError
+
 
 def require(package: str, purpose: str):
     """Import ``package`` or raise ``ModuleNotFoundError`` naming the pip package to install."""
@@ -17,7 +19,7 @@ def require(package: str, purpose: str):
     except ModuleNotFoundError as error:
         if error.name != package:
             raise
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f'{purpose} needs the Python package {package!r}, which is not installed; run '
             f'`pip install {package}` (the versions this project verified are pinned in '
             f'requirements-test.txt).', name=package) from None
@@ -29,8 +31,8 @@ def create_session(onnx_file: str, threads: Optional[int] = None):
     intra-op thread count, so that a comparison with PyTorch uses the same number of cores."""
     ort = require('onnxruntime', 'Running an ONNX file')
     if not os.path.isfile(onnx_file):
-        raise FileNotFoundError(f'ONNX file {onnx_file} does not exist; export one with '
-                                f'tools/deployment/export_onnx.py CONFIG CHECKPOINT --out FILE.')
+        raise MissingFileError(f'ONNX file {onnx_file} does not exist; export one with '
+                               f'tools/deployment/export_onnx.py CONFIG CHECKPOINT --out FILE.')
     options = ort.SessionOptions()
     if threads is None and os.environ.get('OMP_NUM_THREADS', '').isdigit():
         threads = int(os.environ['OMP_NUM_THREADS'])

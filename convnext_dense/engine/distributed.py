@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from mmengine.model.wrappers import MMDistributedDataParallel
 
+from ..errors import ConfigError
 from ..registry import MODEL_WRAPPERS
 
 
@@ -93,8 +94,8 @@ def init_process_group_without_accelerator(backend: str = 'gloo', init_backend: 
     so it becomes ``'gloo'`` with a warning. Returns the backend used.
     """
     if init_backend != 'torch':
-        raise ValueError(f'env_cfg.dist_cfg.init_backend={init_backend!r} needs GPUs; on a '
-                         f"machine without GPU use init_backend='torch' with the gloo backend.")
+        raise ConfigError(f'env_cfg.dist_cfg.init_backend={init_backend!r} needs GPUs; on a '
+                          f"machine without GPU use init_backend='torch' with the gloo backend.")
     if backend == 'nccl':
         warnings.warn("No GPU is available: initialising torch.distributed with the 'gloo' "
                       "backend instead of 'nccl' (env_cfg.dist_cfg.backend).")

@@ -17,6 +17,7 @@ import torch.nn as nn
 from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from ..errors import ConfigError, ConfigTypeError
 from ..registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
@@ -49,13 +50,13 @@ def _stage_and_block(name: str, with_block: bool) -> Tuple[int, int]:
         stage = int(parts[2])
         block = int(parts[3]) if with_block else 0
     except (IndexError, ValueError):
-        raise ValueError(
+        raise ConfigError(
             f'LearningRateDecayOptimizerConstructor cannot read the stage/block numbers of '
             f'parameter {name!r}: ConvNeXt names look like backbone.downsample_layers.<stage>.* '
             f'and backbone.stages.<stage>.<block>.*') from None
     if not 0 <= stage <= 3:
-        raise ValueError(f'Parameter {name!r} has stage {stage}; a ConvNeXt backbone has stages '
-                         f'0..3 only.')
+        raise ConfigError(f'Parameter {name!r} has stage {stage}; a ConvNeXt backbone has stages '
+                          f'0..3 only.')
     return stage, block
 
 
@@ -66,8 +67,8 @@ def get_layer_id(name: str, decay_type: str, num_layers: int) -> int:
     everything outside the backbone's stem, downsamplers and stages.
     """
     if decay_type not in DECAY_TYPES:
-        raise ValueError(f'Unknown decay_type {decay_type!r}; valid decay types: '
-                         f'{", ".join(DECAY_TYPES)}.')
+        raise ConfigError(f'Unknown decay_type {decay_type!r}; valid decay types: '
+                          f'{", ".join(DECAY_TYPES)}.')
     name = strip_wrapper_prefix(name)
     if name in tuple(BACKBONE + token for token in TOKEN_NAMES):
         return 0
@@ -131,56 +132,58 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         cfg = self.paramwise_cfg
         unknown = sorted(set(cfg) - set(PARAMWISE_KEYS))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f'optim_wrapper.paramwise_cfg has keys {unknown} that '
                 f'LearningRateDecayOptimizerConstructor does not support; valid keys: '
                 f'{", ".join(PARAMWISE_KEYS)}. (If they come from a _base_ config, replace the '
                 f'whole paramwise_cfg with _delete_=True.)')
         if 'decay_rate' not in cfg:
-            raise ValueError('optim_wrapper.paramwise_cfg.decay_rate is required by '
-                             'LearningRateDecayOptimizerConstructor, e.g. '
-                             "paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise').")
+            raise ConfigError('optim_wrapper.paramwise_cfg.decay_rate is required by '
+                              'LearningRateDecayOptimizerConstructor, e.g. '
+                              "paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise').")
         self.decay_rate = cfg['decay_rate']
         if (isinstance(self.decay_rate, bool) or not isinstance(self.decay_rate, Real)
                 or not self.decay_rate > 0):
-            raise ValueError(f'optim_wrapper.paramwise_cfg.decay_rate must be a number > 0 '
-                             f'(usually 0.7 - 0.95), got {self.decay_rate!r}.')
+            raise ConfigError(f'optim_wrapper.paramwise_cfg.decay_rate must be a number > 0 '
+                              f'(usually 0.7 - 0.95), got {self.decay_rate!r}.')
         self.decay_type = cfg.get('decay_type', 'layer_wise')
         if self.decay_type not in DECAY_TYPES:
-            raise ValueError(f'optim_wrapper.paramwise_cfg.decay_type={self.decay_type!r} is '
-                             f'unknown; valid decay types: {", ".join(DECAY_TYPES)}.')
+            raise ConfigError(f'optim_wrapper.paramwise_cfg.decay_type={self.decay_type!r} is '
+                              f'unknown; valid decay types: {", ".join(DECAY_TYPES)}.')
         self.num_layers = cfg.get('num_layers')
         if self.num_layers is not None and (isinstance(self.num_layers, bool)
                                             or not isinstance(self.num_layers, int)
                                             or self.num_layers < 1):
-            raise ValueError(f'optim_wrapper.paramwise_cfg.num_layers must be a positive int '
-                             f'or left out (6 or 12 from the backbone), got '
-                             f'{self.num_layers!r}.')
+            raise ConfigError(f'optim_wrapper.paramwise_cfg.num_layers must be a positive int '
+                              f'or left out (6 or 12 from the backbone), got '
+                              f'{self.num_layers!r}.')
         self.grn_weight_decay = cfg.get('grn_weight_decay', False)
         if not isinstance(self.grn_weight_decay, bool):
-            raise TypeError(f'optim_wrapper.paramwise_cfg.grn_weight_decay must be True or False '
-                            f'(False, the default, exempts ConvNeXt V2 GRN gamma/beta from '
-                            f'weight decay), got {self.grn_weight_decay!r}.')
+            raise ConfigTypeError(
+                f'optim_wrapper.paramwise_cfg.grn_weight_decay must be True or False (False, '
+                f'the default, exempts ConvNeXt V2 GRN gamma/beta from weight decay), got '
+                f'{self.grn_weight_decay!r}.')
         self.custom_keys = dict(cfg.get('custom_keys', {}))
         for key, value in self.custom_keys.items():
             if not isinstance(value, dict):
-                raise TypeError(f'optim_wrapper.paramwise_cfg.custom_keys[{key!r}] must be a '
-                                f'dict such as dict(lr_mult=10.), got {value!r}.')
+                raise ConfigTypeError(f'optim_wrapper.paramwise_cfg.custom_keys[{key!r}] must be '
+                                      f'a dict such as dict(lr_mult=10.), got {value!r}.')
             reserved = sorted(set(value) & set(RESERVED_GROUP_KEYS))
             if reserved:
-                raise ValueError(f'optim_wrapper.paramwise_cfg.custom_keys[{key!r}] sets '
-                                 f'{reserved}, which the constructor computes itself; use '
-                                 f'lr_mult / decay_mult instead.')
+                raise ConfigError(f'optim_wrapper.paramwise_cfg.custom_keys[{key!r}] sets '
+                                  f'{reserved}, which the constructor computes itself; use '
+                                  f'lr_mult / decay_mult instead.')
             for mult in ('lr_mult', 'decay_mult'):
                 if mult in value and (isinstance(value[mult], bool)
                                       or not isinstance(value[mult], Real)):
-                    raise TypeError(f'optim_wrapper.paramwise_cfg.custom_keys[{key!r}].{mult} '
-                                    f'must be a number, got {value[mult]!r}.')
+                    raise ConfigTypeError(
+                        f'optim_wrapper.paramwise_cfg.custom_keys[{key!r}].{mult} must be a '
+                        f'number, got {value[mult]!r}.')
         # mmengine's order: longest key first, ties in alphabetical order.
         self._sorted_keys = sorted(sorted(self.custom_keys), key=len, reverse=True)
         if self.base_lr is None:
-            raise ValueError('optim_wrapper.optimizer.lr must be set: '
-                             'LearningRateDecayOptimizerConstructor scales it per layer.')
+            raise ConfigError('optim_wrapper.optimizer.lr must be set: '
+                              'LearningRateDecayOptimizerConstructor scales it per layer.')
 
     def match_custom_key(self, name: str) -> Optional[str]:
         """The custom key that applies to parameter ``name`` (mmengine's choice), or None."""
@@ -204,10 +207,10 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     def _check_num_layers(self, num_layers: int, names: Sequence[str]) -> None:
         if self.decay_type == 'stage_wise':
             if num_layers < 4:
-                raise ValueError(f'optim_wrapper.paramwise_cfg.num_layers={num_layers} is too '
-                                 f'small for stage_wise decay: the stages take ids 1..4 and '
-                                 f'the rest num_layers + 1, so num_layers must be >= 4 '
-                                 f'(the official value is 12).')
+                raise ConfigError(f'optim_wrapper.paramwise_cfg.num_layers={num_layers} is too '
+                                  f'small for stage_wise decay: the stages take ids 1..4 and '
+                                  f'the rest num_layers + 1, so num_layers must be >= 4 '
+                                  f'(the official value is 12).')
             return
         stage2 = [name for name in names if name.startswith('backbone.stages.2.')]
         if not stage2:
@@ -215,7 +218,7 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         highest = max(get_layer_id(name, 'layer_wise', num_layers) for name in stage2)
         if highest >= num_layers:
             depth = max(_stage_and_block(name, True)[1] for name in stage2) + 1
-            raise ValueError(
+            raise ConfigError(
                 f'optim_wrapper.paramwise_cfg.num_layers={num_layers} is too small for a '
                 f'backbone with {depth} blocks in backbone.stages.2: layer_wise gives them ids '
                 f'up to {highest}, which must stay below num_layers (the id of stages.3). Use '
@@ -233,7 +236,7 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         has_backbone = any(name.startswith(BACKBONE) for name in names)
         if has_backbone and not convnext_like:
             examples = [name for name in names if name.startswith(BACKBONE)][:3]
-            raise ValueError(
+            raise ConfigError(
                 f'LearningRateDecayOptimizerConstructor needs a ConvNeXt-like backbone '
                 f'(parameters named backbone.downsample_layers.* and backbone.stages.*), but '
                 f'this model\'s backbone has parameters such as {examples}. Use '

@@ -9,6 +9,7 @@ from typing import List, Tuple
 
 import torch
 
+from ..errors import ConfigError, UnsupportedError
 from .roi_align import compute_dtype as _compute_dtype
 from .roi_align import roi_align
 
@@ -18,7 +19,7 @@ _FIX = ('build mmcv with its CUDA ops instead (MMCV_CUDA=1 make install, which n
 
 def _check_avg_pool(pool_mode: int, where: str) -> None:
     if pool_mode != 1:  # mmcv passes 0 for 'max', 1 for 'avg'
-        raise NotImplementedError(
+        raise UnsupportedError(
             f'{where}: mmcv was compiled without CUDA kernels and convnext_dense routes '
             f"RoIAlign on CUDA to torchvision, which has pool_mode='avg' only; use "
             f"pool_mode='avg' or {_FIX}.")
@@ -79,7 +80,7 @@ def _level_shapes(spatial_shapes, level_start_index, num_keys: int) -> List[Tupl
     sizes = [h * w for h, w in shapes]
     running = [sum(sizes[:i]) for i in range(len(sizes))]
     if starts != running or sum(sizes) != num_keys:
-        raise ValueError(
+        raise ConfigError(
             f'MultiScaleDeformableAttention: spatial_shapes {shapes} (h, w per level) give '
             f'{sum(sizes)} keys starting at {running}, but value has {num_keys} keys and '
             f'level_start_index is {starts}; pass the levels\' shapes in the order value '
@@ -149,7 +150,7 @@ def _focal_parts(input, target, weight):
     row_weight = None
     if weight.numel():
         if len(target) and int(target.max()) >= num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f'sigmoid_focal_loss: class weights ({weight.numel()}) need every target below '
                 f'the {num_classes} classes, but a target is {int(target.max())} (background); '
                 'weight the rows after the loss instead, as mmdet does.')

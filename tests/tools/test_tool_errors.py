@@ -82,15 +82,27 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_which_errors_are_expected():
+    """A UserError (ours) and a missing file are one line; a plain ValueError, even one raised
+    inside convnext_dense or tools/, may be a bug and keeps its traceback."""
+    from convnext_dense.errors import ConfigError, InputError, UserError
+    from convnext_dense.models import ConvNeXt
+    assert _common.expected_error(ValueError('a bug, somewhere else')) is None
+    missing = FileNotFoundError('no such file')
+    assert _common.expected_error(missing) is missing
+    with pytest.raises(ConfigError) as info:
+        ConvNeXt('tinny')
+    assert _common.expected_error(info.value) is info.value
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still do
+    for error in (InputError('bad image'), _common.CfgOptionError('typo')):
+        assert isinstance(error, UserError) and _common.expected_error(error) is error
+    try:  # our own raise statement with a built-in type: not a user error any more
+        int('x')
+    except ValueError as error:
+        assert _common.expected_error(error) is None
+
     def raise_outside(error):  # a raise statement outside convnext_dense and tools/
         raise error
 
-    with pytest.raises(ValueError) as info:
-        raise_outside(ValueError('a bug, somewhere else'))
-    assert _common.expected_error(info.value) is None  # keeps its traceback
-    with pytest.raises(FileNotFoundError) as info:
-        raise_outside(FileNotFoundError('no such file'))
-    assert _common.expected_error(info.value) is info.value
     # ours, re-raised by another library (as mmengine's registry does): ours is reported
     with pytest.raises(ValueError) as info:
         try:

@@ -39,6 +39,7 @@ except ModuleNotFoundError as error:  # not installed: a plain checkout, the pac
     sys.path.insert(0, ROOT)
 from bench_common import (LoadWatch, Report, finish_load_watch,  # noqa: E402
                           machine_description, print_machine, run_times)
+from convnext_dense.errors import MissingFileError  # noqa: E402
 
 TASKS = ('det', 'seg')
 OURS_CONFIGS = dict(
@@ -92,8 +93,8 @@ def find_data_root(explicit: Optional[str] = None) -> str:
         return osp.abspath(path)
     where = f'{path} has no' if path else \
         f'no --data-root and no ${DATA_ENV}: give a folder with'
-    raise FileNotFoundError(f'benchmark_recipe: {where} {" or ".join(DATA_SUBDIRS.values())} '
-                            f'(COCO-format and ADE20K-format samples)')
+    raise MissingFileError(f'benchmark_recipe: {where} {" or ".join(DATA_SUBDIRS.values())} '
+                           f'(COCO-format and ADE20K-format samples)')
 
 
 def port_config_path(task: str) -> str:

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/ for _common
 from _common import load_config  # noqa: E402  (imports convnext_dense, sets the scope)
+from convnext_dense.errors import UnsupportedError  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 DEFAULT_SHAPES = {'mmdet': (1280, 800), 'mmseg': (2048, 512)}
@@ -114,9 +115,9 @@ class DetectorDummy(nn.Module):
         if roi_head is None:
             if hasattr(det, 'bbox_head'):  # one-stage detectors
                 return tuple(outs) + tuple(t for level in det.bbox_head(x) for t in level)
-            raise TypeError(f'{type(det).__name__}: no roi_head, bbox_head, panoptic_head or '
-                            'DETR transformer to count; get_flops.py knows two-stage, '
-                            'one-stage, Mask2Former and DETR-style detectors')
+            raise UnsupportedError(f'{type(det).__name__}: no roi_head, bbox_head, panoptic_head '
+                                   'or DETR transformer to count; get_flops.py knows two-stage, '
+                                   'one-stage, Mask2Former and DETR-style detectors')
         rois = self._rois(img.shape[-2], img.shape[-1], img.device)
         mask_rois = rois[:self.num_mask_rois]
         stages = getattr(roi_head, 'num_stages', None)

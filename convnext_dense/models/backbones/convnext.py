@@ -16,6 +16,7 @@ import torch.utils.checkpoint as activation_checkpoint
 from timm.layers import DropPath
 from mmengine.model import BaseModule
 
+from ...errors import ConfigError, ConfigKeyError, ConfigTypeError
 from ...registry import MODELS
 
 # norm_eps: the eps of every LayerNorm (1e-6 in the official models; timm's CLIP ConvNeXt-XXL
@@ -143,18 +144,18 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
     dict (a dict's missing keys take the V1 defaults)."""
     if isinstance(arch, str):
         if arch not in ARCHS:
-            raise ValueError(f"Unknown ConvNeXt arch {arch!r}. Valid archs: "
-                             f"{', '.join(ARCHS)}; or pass dict(depths=[...], dims=[...]).")
+            raise ConfigError(f"Unknown ConvNeXt arch {arch!r}. Valid archs: "
+                              f"{', '.join(ARCHS)}; or pass dict(depths=[...], dims=[...]).")
         return dict(ARCHS[arch])
     if isinstance(arch, dict):
         missing = {'depths', 'dims'} - set(arch)
         if missing:
-            raise ValueError(f'ConvNeXt arch dict needs keys depths and dims; missing '
-                             f'{sorted(missing)} in {arch}.')
+            raise ConfigError(f'ConvNeXt arch dict needs keys depths and dims; missing '
+                              f'{sorted(missing)} in {arch}.')
         if len(arch['depths']) != 4 or len(arch['dims']) != 4:
-            raise ValueError(f'ConvNeXt arch dict needs 4 depths and 4 dims, got {arch}.')
+            raise ConfigError(f'ConvNeXt arch dict needs 4 depths and 4 dims, got {arch}.')
         return {**V1, **arch}
-    raise TypeError(f'ConvNeXt arch must be a str or dict, got {type(arch).__name__}.')
+    raise ConfigTypeError(f'ConvNeXt arch must be a str or dict, got {type(arch).__name__}.')
 
 
 @MODELS.register_module()
@@ -209,7 +210,7 @@ class ConvNeXt(BaseModule):
         self.dims = list(settings['dims'])
         self.out_indices = self._check_out_indices(out_indices)
         if not -1 <= frozen_stages <= 3:
-            raise ValueError(f'frozen_stages must be in -1..3, got {frozen_stages}.')
+            raise ConfigError(f'frozen_stages must be in -1..3, got {frozen_stages}.')
         self.frozen_stages = frozen_stages
         self.channels_last = channels_last
         eps = float(settings['norm_eps'])
@@ -244,8 +245,8 @@ class ConvNeXt(BaseModule):
         result = []
         for index in out_indices:
             if not -4 <= index <= 3:
-                raise ValueError(f'out_indices must be stage numbers in 0..3 (or -4..-1), '
-                                 f'got {tuple(out_indices)}.')
+                raise ConfigError(f'out_indices must be stage numbers in 0..3 (or -4..-1), '
+                                  f'got {tuple(out_indices)}.')
             result.append(index % 4)
         return tuple(sorted(set(result)))
 
@@ -263,7 +264,7 @@ class ConvNeXt(BaseModule):
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             from ..checkpoint import load_backbone_checkpoint
             if 'checkpoint' not in cfg:
-                raise KeyError("ConvNeXt init_cfg type='Pretrained' needs checkpoint=PATH.")
+                raise ConfigKeyError("ConvNeXt init_cfg type='Pretrained' needs checkpoint=PATH.")
             load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
                                      sha256=cfg.get('sha256'))
             self._is_init = True
