@@ -95,7 +95,7 @@ def test_which_errors_are_expected():
     assert isinstance(info.value, ValueError)  # callers catching ValueError still do
     for error in (InputError('bad image'), _common.CfgOptionError('typo')):
         assert isinstance(error, UserError) and _common.expected_error(error) is error
-    try:  # our own raise statement with a built-in type: not a user error any more
+    try:  # a built-in error from anywhere (here Python's own): may be a bug
         int('x')
     except ValueError as error:
         assert _common.expected_error(error) is None
