@@ -18,6 +18,26 @@ SAMPLE_DATA_ENV = 'CONVNEXT_DENSE_SAMPLE_DATA'
 SHARED_DATA = os.environ.get(SAMPLE_DATA_ENV) or osp.join(osp.dirname(REPO), 'shared', 'data')
 
 
+def load_tool(path):
+    """``tools/<path>.py`` (e.g. ``'train'``, ``'analysis/get_flops'``) as a module, loaded once
+    per process; tools/ and the script's own folder go on ``sys.path`` for its imports
+    (``_common``, ``bench_common``). Loaded by path: ``test`` would otherwise be Python's own
+    test package."""
+    import importlib.util
+    name = 'convnext_dense_tool_' + path.replace('/', '_')
+    if name in sys.modules:
+        return sys.modules[name]
+    file = osp.join(TOOLS, f'{path}.py')
+    for folder in (osp.dirname(file), TOOLS):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(cmd, cwd, timeout=600, env=None, threads='1'):
     """Run ``cmd``; return stdout + stderr, failing the test with the output's tail if it
     exits non-zero. ``threads`` sets OMP_NUM_THREADS (tiny inputs: 1 avoids oversubscribing

@@ -3,27 +3,18 @@ load-average report, the round-robin order, the medians, where a synchronising c
 attributed, and that the recipe benchmark builds and steps both recipes' runners."""
 import importlib.util
 import os.path as osp
-import sys
 import traceback
 
 import pytest
 import torch
 import torch.nn as nn
 
-from helpers import REPO, SHARED_DATA
+from helpers import SHARED_DATA, load_tool
 
-ANALYSIS = osp.join(REPO, 'tools', 'analysis')
 
 
 def _load(name):
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, ANALYSIS)
-    spec = importlib.util.spec_from_file_location(name, osp.join(ANALYSIS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(f'analysis/{name}')
 
 
 @pytest.fixture(scope='module')

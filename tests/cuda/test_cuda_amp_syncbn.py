@@ -3,7 +3,6 @@ AmpOptimWrapper in bf16 (no loss scaling) / fp16 (dynamic loss scaling); the Upe
 SyncBN heads become BatchNorm in a one-process run and stay SyncBatchNorm under torchrun with
 nccl (mmengine's Runner.wrap_model: revert_sync_batchnorm when not distributed, DDP otherwise),
 each with one fp16 AMP training step."""
-import importlib.util
 import json
 import os.path as osp
 import re
@@ -12,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, free_port, run
+from helpers import REPO, free_port, load_tool, run
 
 pytestmark = pytest.mark.cuda
 
@@ -21,12 +20,7 @@ PROBE = osp.join(osp.dirname(osp.abspath(__file__)), 'syncbn_probe.py')
 
 
 def _train_tool():
-    spec = importlib.util.spec_from_file_location('convnext_dense_tools_train_cuda',
-                                                  osp.join(REPO, 'tools', 'train.py'))
-    sys.path.insert(0, osp.join(REPO, 'tools'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('train')
 
 
 @pytest.mark.parametrize('flag,dtype,scaling', [('bf16', torch.bfloat16, False),

@@ -1,14 +1,12 @@
 """Runs without a GPU (not marked ``cuda``): the --cfg-options that the GPU recipe runs of
 test_cuda_recipes.py pass to tools/train.py and tools/test.py are accepted and give the intended
 configs and datasets, so that a GPU session does not find out first."""
-import importlib.util
 import os.path as osp
-import sys
 
 import pytest
 
 from cuda_helpers import SHARED_DATA, cascade_options, upernet_options
-from helpers import REPO
+from helpers import REPO, load_tool
 
 TINY_COCO = osp.join(SHARED_DATA, 'tiny_coco')
 ADE = osp.join(SHARED_DATA, 'ade20k_sample')
@@ -16,13 +14,7 @@ CASCADE_T = osp.join(REPO, 'configs', 'detection', 'cascade_convnext_t_coco.py')
 UPERNET_T = osp.join(REPO, 'configs', 'segmentation', 'upernet_convnext_t_512_160k_ade20k.py')
 
 
-def _load_tool(name):
-    sys.path.insert(0, osp.join(REPO, 'tools'))
-    spec = importlib.util.spec_from_file_location(f'convnext_dense_tools_{name}_options',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load_tool = load_tool
 
 
 def _config(tool, argv):

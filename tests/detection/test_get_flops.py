@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -64,12 +65,7 @@ def test_flops_scale_with_the_input_and_the_model():
 @functools.lru_cache(maxsize=None)
 def _tool():
     """tools/analysis/get_flops.py as a module."""
-    sys.path.insert(0, osp.join(REPO, 'tools'))  # its _common
-    spec = importlib.util.spec_from_file_location(
-        'get_flops', osp.join(REPO, 'tools', 'analysis', 'get_flops.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool('analysis/get_flops')
 
 
 def _complexity(config, shape):

@@ -1,11 +1,11 @@
 """tools/train.py --amp [{fp16,bf16}]: the optim_wrapper edits (the GPU runs them in
 tests/cuda/test_cuda_amp_syncbn.py)."""
-import importlib.util
 import os.path as osp
 import sys
 
 import pytest
 import torch
+from helpers import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tools'))
@@ -15,11 +15,7 @@ DEMO = osp.join(SEG, 'demo_upernet_convnext_atto_toy.py')  # OptimWrapper
 
 
 def _train_tool():
-    spec = importlib.util.spec_from_file_location('convnext_dense_tools_train_amp',
-                                                  osp.join(REPO, 'tools', 'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('train')
 
 
 train = _train_tool()

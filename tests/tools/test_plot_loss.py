@@ -1,17 +1,12 @@
 """tools/analysis/plot_loss.py: finds the training log among a work dir's runs, draws a PNG."""
-import importlib.util
 import json
 import os
-import os.path as osp
 
 import pytest
 
-from helpers import TOOLS
+from helpers import load_tool
 
-spec = importlib.util.spec_from_file_location('plot_loss',
-                                              osp.join(TOOLS, 'analysis', 'plot_loss.py'))
-plot_loss = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plot_loss)
+plot_loss = load_tool('analysis/plot_loss')
 
 
 def write_run(work, stamp, records, mtime):

@@ -1,5 +1,4 @@
 """tools/train.py and tools/test.py: argument handling and config edits (no training here)."""
-import importlib.util
 import os.path as osp
 import sys
 
@@ -8,15 +7,10 @@ import pytest
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tools'))
 import _common  # noqa: E402
+from helpers import load_tool
 
 
-def _load_tool(name):
-    # loaded by path: `test` would otherwise be Python's own test package
-    spec = importlib.util.spec_from_file_location(f'convnext_dense_tools_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load_tool = load_tool
 
 
 train_tool = _load_tool('train')
