@@ -72,6 +72,13 @@ def toy_dataset(tmp_path_factory, kind, num_train, num_val, size):
     return root
 
 
+def seg_args(toy_ade, work, *extra_options):
+    """tools/train.py / test.py arguments for a segmentation config on the toy set ``toy_ade``,
+    writing to ``work``, with ``extra_options`` added to ``--cfg-options``."""
+    return ['--work-dir', str(work), '--cfg-options', f'data_root={toy_ade}',
+            'randomness.deterministic=False', *extra_options]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
