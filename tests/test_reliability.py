@@ -204,7 +204,7 @@ def _seg_model_state(toy_ade):
 
 
 def test_checkpoint_of_another_shape_or_model_is_an_error(toy_ade, tmp_path):
-    from convnext_dense.models.checkpoint import check_checkpoint_fits
+    from convnext_dense.checkpoint.fit import check_checkpoint_fits
     state = _seg_model_state(toy_ade)
     assert tuple(state['decode_head.conv_seg.weight'].shape) == (6, 64, 1, 1)
     # 7 classes instead of 6: mmengine alone would only warn and evaluate a half-loaded model
@@ -470,7 +470,7 @@ def test_runtime_configs_carry_the_reliability_hooks():
 
 def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
-    from convnext_dense.engine.hooks import get_rng_state, set_rng_state
+    from convnext_dense.engine.reproducibility import get_rng_state, set_rng_state
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     state = get_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())

@@ -264,7 +264,7 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     from convnext_dense.datasets import check_dataset_config
     from convnext_dense.datasets.classes import (check_classes, check_coco_categories,
                                                  check_label_values)
-    from convnext_dense.engine import CheckpointFitsModelHook
+    from convnext_dense.checkpoint import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     from _overrides import ConfigError, check_model_builds, explain_build_error
@@ -294,7 +294,7 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
 
 # ----------------------------------------------------------------------------- errors
 def _expected_types() -> tuple:
-    from convnext_dense.compat import DamagedCheckpointError, UnsafeCheckpointError
+    from convnext_dense.checkpoint import DamagedCheckpointError, UnsafeCheckpointError
     from convnext_dense.datasets import CorruptImageError, DatasetError
     from _overrides import ConfigError
     return (FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError, CfgOptionError,

@@ -261,7 +261,7 @@ class ConvNeXt(BaseModule):
         other init_cfg types go to mmengine."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_backbone_checkpoint
+            from ...checkpoint import load_backbone_checkpoint
             if 'checkpoint' not in cfg:
                 raise KeyError("ConvNeXt init_cfg type='Pretrained' needs checkpoint=PATH.")
             load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
