@@ -439,7 +439,11 @@ def _stand_ins_only():
 
 
 def trusted() -> bool:
-    """Whether the user opted in to full pickle (read at every load)."""
+    """Whether the user opted in to full pickle (:data:`TRUST_ENV`, read at every load).
+
+    Returns:
+        bool: True when the environment variable is 1, true or yes.
+    """
     return os.environ.get(TRUST_ENV, '0').strip().lower() in ('1', 'true', 'yes')
 
 
@@ -549,7 +553,20 @@ def _withhold_config_text(checkpoint, filename: str):
 
 
 def load_local(filename: str, map_location=None):
-    """Load a local checkpoint weights-only (see the module docstring)."""
+    """Load a local checkpoint weights-only (see the module docstring).
+
+    Args:
+        filename (str): the file (``~`` expanded).
+        map_location: as for ``torch.load``.
+
+    Returns:
+        Any: the loaded checkpoint, config text withheld.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file holds something a weights-only load refuses.
+        DamagedCheckpointError: the file is truncated, corrupt or not a checkpoint.
+    """
     filename = osp.expanduser(str(filename))
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} does not exist; check the path given as '
@@ -633,7 +650,16 @@ def download(url: str, model_dir: Optional[str] = None,
     SHA-256 that does not start with ``hash_prefix`` (default: the hex after the last ``-`` in
     the file name, torch.hub's convention, when there is one), leaves nothing in the cache.
     Files that torch.hub or an older version of this package cached elsewhere are not used: the
-    URL is downloaded again."""
+    URL is downloaded again.
+
+    Args:
+        url (str): an ``http(s)://`` URL.
+        model_dir (str, optional): the cache folder.
+        hash_prefix (str, optional): a hex prefix of the file's SHA-256.
+
+    Returns:
+        str: the cached file's path.
+    """
     model_dir = model_dir or osp.join(torch.hub.get_dir(), CACHE_SUBDIR)
     name, file_name = _cache_name(url)
     path = osp.join(model_dir, name)
@@ -663,8 +689,18 @@ def download(url: str, model_dir: Optional[str] = None,
 
 
 def verify_sha256(path: str, hash_prefix: Optional[str]) -> str:
-    """``path``, after checking that its SHA-256 starts with ``hash_prefix`` (hex, any case;
-    nothing is checked when it is None or empty)."""
+    """Check that a file's SHA-256 starts with ``hash_prefix``.
+
+    Args:
+        path (str): the file.
+        hash_prefix (str, optional): hex, any case; nothing is checked when None or empty.
+
+    Returns:
+        str: ``path``.
+
+    Raises:
+        UnsafeCheckpointError: the digest does not match.
+    """
     if hash_prefix:
         digest = _sha256(path)
         if not digest.startswith(hash_prefix.lower()):
@@ -728,7 +764,15 @@ def _resolve(filename: str) -> str:
 
 def fetch(url: str, hash_prefix: Optional[str] = None) -> str:
     """:func:`download` in a distributed run: rank 0 first, the others after a barrier
-    (they find the file in the cache); returns the local path."""
+    (they find the file in the cache).
+
+    Args:
+        url (str): an ``http(s)://`` URL.
+        hash_prefix (str, optional): a hex prefix of the file's SHA-256.
+
+    Returns:
+        str: the local path.
+    """
     from mmengine.dist import barrier, get_dist_info
     rank, world_size = get_dist_info()
     path = download(url, hash_prefix=hash_prefix) if rank == 0 else None
@@ -742,7 +786,16 @@ def fetch(url: str, hash_prefix: Optional[str] = None) -> str:
 def load_checkpoint(filename: str, map_location=None):
     """Load a checkpoint from a local path, ``http(s)://`` or one of mmengine's named schemes,
     weights-only. URLs are downloaded into the hub cache first (:func:`fetch`), then loaded
-    like a local file."""
+    like a local file.
+
+    Args:
+        filename (str): a path, URL or ``torchvision://`` / ``open-mmlab://`` / ``mmcls://``
+            name.
+        map_location: as for ``torch.load``.
+
+    Returns:
+        Any: the loaded checkpoint.
+    """
     original, filename = str(filename), _resolve(str(filename))
     if filename.startswith(_URL_SCHEMES):
         filename = fetch(filename)

@@ -50,7 +50,12 @@ _FCMAE_DECODER = r'^(decoder\.|proj\.|pred\.|mask_token$)'
 def check_materialisable(value: torch.Tensor, key: str) -> None:
     """Raise ``ValueError`` when ``value`` views more elements than its storage holds (a
     broadcast or overlapping view: making it contiguous would allocate more than the file
-    gave), before any converter copies it."""
+    gave), before any converter copies it.
+
+    Args:
+        value (torch.Tensor): a tensor from a checkpoint (anything else passes).
+        key (str): its key, for the message.
+    """
     if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
         return
     held = value.untyped_storage().nbytes() // max(value.element_size(), 1)
@@ -65,7 +70,14 @@ def sparse_to_dense_kernel(kernel: torch.Tensor, key: str = 'kernel') -> torch.T
 
     (K, C_in, C_out) (``MinkowskiConvolution``) -> (C_out, C_in, k, k); (K, C)
     (``MinkowskiDepthwiseConvolution``) -> (C, 1, k, k); K = k * k with kernel-volume index
-    kw * k + kh (see the module docstring), so ``weight[o, i, kh, kw] = kernel[kw * k + kh, i, o]``.
+    kw * k + kh (docs/checkpoints.md), so ``weight[o, i, kh, kw] = kernel[kw * k + kh, i, o]``.
+
+    Args:
+        kernel (torch.Tensor): the sparse kernel.
+        key (str): its key, for messages.
+
+    Returns:
+        torch.Tensor: the dense weight.
     """
     check_materialisable(kernel, key)
     if kernel.dim() == 2:
@@ -128,7 +140,15 @@ def _strip_ddp(state_dict: Dict[str, torch.Tensor]) -> list:
 def detect_layout(checkpoint, prefix: Optional[str] = None) -> Layout:
     """The first :data:`LAYOUTS` entry whose marker a key of ``checkpoint`` (or of its state
     dict) matches. Only keys under ``prefix`` (default ``backbone.``) are looked at when there
-    are any, so e.g. a detector's head keys do not decide its backbone's layout."""
+    are any, so e.g. a detector's head keys do not decide its backbone's layout.
+
+    Args:
+        checkpoint (dict): a loaded checkpoint or state dict.
+        prefix (str, optional): the keys to look at (default ``backbone.``).
+
+    Returns:
+        Layout: the recognised layout.
+    """
     keys = [k for k, _ in _strip_ddp(extract_state_dict(checkpoint))]
     under = 'backbone.' if prefix is None else prefix
     examined = [k for k in keys if under and k.startswith(under)] or keys
@@ -161,6 +181,14 @@ def convert_checkpoint(state_dict: Dict[str, torch.Tensor], prefix: Optional[str
     when such keys exist, else all keys). A leading DDP ``module.`` is stripped. Shapes: GRN
     parameters become (1, 1, 1, C); 1x1-conv MLP weights (C_out, C_in, 1, 1) become Linear
     weights (C_out, C_in); sparse kernels become dense Conv2d weights.
+
+    Args:
+        state_dict (dict): a loaded checkpoint or state dict.
+        prefix (str, optional): the sub-model to take.
+        layout (str, optional): a :data:`LAYOUTS` name.
+
+    Returns:
+        OrderedDict[str, torch.Tensor]: the backbone's state dict in our key names.
     """
     state_dict = extract_state_dict(state_dict)
     items = _strip_ddp(state_dict)

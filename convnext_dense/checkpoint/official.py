@@ -84,7 +84,14 @@ _ARCH_BY_SHAPE = {(96, 9): 'tiny', (96, 27): 'small', (128, 27): 'base', (192, 2
 # ----------------------------------------------------------------------------- recognition
 def old_runner_meta(checkpoint) -> Optional[dict]:
     """``checkpoint['meta']`` when an mmcv 1.x runner wrote the file (its ``mmcv_version``
-    is 0.x or 1.x), else None. mmengine's checkpoints carry no ``mmcv_version``."""
+    is 0.x or 1.x), else None. mmengine's checkpoints carry no ``mmcv_version``.
+
+    Args:
+        checkpoint (Any): a loaded checkpoint.
+
+    Returns:
+        dict | None: its ``meta``.
+    """
     if not isinstance(checkpoint, dict):
         return None
     meta = checkpoint.get('meta')
@@ -98,7 +105,14 @@ def old_runner_meta(checkpoint) -> Optional[dict]:
 
 def identify(state_dict: Dict[str, torch.Tensor]) -> dict:
     """What a dense state dict holds: ``family`` ('cascade' / 'mask_rcnn' / 'upernet' or
-    None), backbone ``arch`` (or None) and ``num_classes`` (or None)."""
+    None), backbone ``arch`` (or None) and ``num_classes`` (or None).
+
+    Args:
+        state_dict (dict): a dense model's state dict.
+
+    Returns:
+        dict: ``family``, ``arch`` and ``num_classes``.
+    """
     def rows(key):
         value = state_dict.get(key)
         return int(value.shape[0]) if hasattr(value, 'shape') and value.dim() else None
@@ -124,12 +138,28 @@ def identify(state_dict: Dict[str, torch.Tensor]) -> dict:
 
 
 def matching_configs(family: Optional[str], arch: Optional[str]) -> List[str]:
-    """Our configs (relative to configs/) whose official model has this family and arch."""
+    """Our configs whose official model has this family and arch.
+
+    Args:
+        family (str, optional): 'cascade', 'mask_rcnn' or 'upernet'.
+        arch (str, optional): the backbone arch.
+
+    Returns:
+        list[str]: config paths relative to configs/.
+    """
     return [m.config for m in OFFICIAL_MODELS if m.family == family and m.arch == arch]
 
 
 def describe(meta: dict, found: dict) -> str:
-    """One line about an mmcv 1.x checkpoint: its framework, versions, when, what."""
+    """One line about an mmcv 1.x checkpoint: its framework, versions, when, what.
+
+    Args:
+        meta (dict): its ``meta``.
+        found (dict): what :func:`identify` found.
+
+    Returns:
+        str: the description.
+    """
     framework = next((f'{name} {meta[key]}' for key, name in
                       (('mmdet_version', 'mmdet'), ('mmseg_version', 'mmseg'))
                       if isinstance(meta.get(key), str)), 'mmdet 2.x / mmseg 0.x')
@@ -229,7 +259,15 @@ def adapt_checkpoint(model, checkpoint: dict, filename, resume: bool = False,
 
 
 def converted_meta(meta: dict, filename) -> dict:
-    """The plain provenance written into a converted copy (tools/convert_checkpoint.py)."""
+    """The plain provenance written into a converted copy (tools/convert_checkpoint.py).
+
+    Args:
+        meta (dict): the official checkpoint's ``meta``.
+        filename (str): where it came from.
+
+    Returns:
+        dict: ``converted_from`` and the ``official`` meta entries kept.
+    """
     kept = {k: meta[k] for k in ('mmcv_version', 'mmdet_version', 'mmseg_version', 'time',
                                  'epoch', 'iter', 'exp_name', 'CLASSES', 'PALETTE')
             if k in meta}

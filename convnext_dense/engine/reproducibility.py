@@ -18,7 +18,12 @@ from ..registry import HOOKS
 
 
 def library_versions() -> Dict[str, Optional[str]]:
-    """Versions of everything that decides the numbers of a run (None: not installed)."""
+    """Versions of everything that decides the numbers of a run.
+
+    Returns:
+        dict[str, str | None]: package -> version (None: not installed), and the
+        convnext_dense git revision.
+    """
     import importlib.metadata
     import platform
 
@@ -58,7 +63,11 @@ def _git_revision() -> Optional[str]:
 
 def get_rng_state() -> dict:
     """The global random states (Python, NumPy, torch CPU and CUDA) in a form that a
-    weights-only ``torch.load`` reads back (ints, tuples, tensors)."""
+    weights-only ``torch.load`` reads back (ints, tuples, tensors).
+
+    Returns:
+        dict: ``python``, ``numpy``, ``torch`` and, where CUDA is initialised, ``cuda``.
+    """
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = dict(python=random.getstate(),
                  numpy=(name, torch.from_numpy(keys.astype(np.int64)), int(pos),
@@ -70,7 +79,11 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`get_rng_state`."""
+    """Inverse of :func:`get_rng_state`.
+
+    Args:
+        state (dict): what :func:`get_rng_state` returned.
+    """
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state['numpy']

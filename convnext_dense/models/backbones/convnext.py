@@ -180,7 +180,7 @@ class ConvNeXt(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...][,
             sha256=...])`` loads official, FCMAE (sparse or dense), open_clip, timm (CLIP,
             DINOv3), DINOv3, mmpretrain or own checkpoints (see :data:`LAYOUTS` in
-            convnext_dense/models/checkpoint.py); a URL is downloaded once into torch's hub cache, its
+            convnext_dense/checkpoint/layouts.py); a URL is downloaded once into torch's hub cache, its
             SHA-256 checked against ``sha256`` (a hex prefix) or the hash in its file name.
 
     Shapes: input (N, in_channels, H, W); output tuple of (N, dims[i], H / 2**(i+2),
