@@ -251,7 +251,7 @@ CHILD = textwrap.dedent('''
     import torch
     import convnext_dense
     from convnext_dense.compat import load_checkpoint
-    from convnext_dense.compat import safe_checkpoint as sc
+    from convnext_dense.checkpoint import io as sc
     from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint as mm_load
     from convnext_dense.models import ConvNeXt
     sys.path.insert(0, sys.argv[1])

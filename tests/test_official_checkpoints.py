@@ -16,7 +16,7 @@ import torch
 
 import official_layouts as layouts
 from convnext_dense.compat import UnsafeCheckpointError, load_checkpoint
-from convnext_dense.models import official_dense
+from convnext_dense.checkpoint import official as official_dense
 from helpers import REPO, TOOLS
 from test_checkpoint_attacks import (BINPERSID, BUILD, EMPTY_TUPLE, FALSE, MA, NEWOBJ, NONE, call,
                                      dict_, dtype, glob, i, raw, s, tup, wrap, write_zip)

@@ -1,4 +1,4 @@
-"""convnext_dense.compat.safe_checkpoint: what a weights-only load gives back, the trust opt-in,
+"""convnext_dense.checkpoint.io: what a weights-only load gives back, the trust opt-in,
 the scoped allow-list and the download path (hostile files: tests/test_checkpoint_attacks.py)."""
 import hashlib
 import http.server
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import convnext_dense  # noqa: F401  (registers the loader for mmengine's schemes)
-from convnext_dense.compat import safe_checkpoint as sc
+from convnext_dense.checkpoint import io as sc
 
 
 class TinyModel(nn.Module):

@@ -278,7 +278,7 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
     from convnext_dense.datasets import check_dataset_config
     from convnext_dense.datasets.classes import (check_classes, check_coco_categories,
                                                  check_label_values)
-    from convnext_dense.engine import CheckpointFitsModelHook
+    from convnext_dense.checkpoint import CheckpointFitsModelHook
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     from _overrides import ConfigError, check_model_builds, explain_build_error
@@ -310,7 +310,7 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
 def _expected_types() -> tuple:
     """What a tool reports as one line: our :class:`~convnext_dense.errors.UserError` family,
     the checkpoint loader's refusals, and a missing file (also from mmengine or mmcv)."""
-    from convnext_dense.compat import DamagedCheckpointError, UnsafeCheckpointError
+    from convnext_dense.checkpoint import DamagedCheckpointError, UnsafeCheckpointError
     return (UserError, FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError)
 
 

@@ -18,29 +18,28 @@ written atomically: an interrupted run leaves no partial DST.
 import argparse
 
 from _common import add_debug_arg, require_checkpoint, run_tool
-from convnext_dense.engine import save_atomically
 from convnext_dense.errors import ConfigError, InputError
-from convnext_dense.models import convert_checkpoint
-from convnext_dense.models import official_dense
+from convnext_dense.checkpoint import official as official_models, save_atomically
+from convnext_dense.checkpoint.layouts import convert_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 
 
 def _full(checkpoint, src: str) -> dict:
     """The whole official dense model in our key names, with a plain provenance meta."""
-    meta = official_dense.old_runner_meta(checkpoint)
+    meta = official_models.old_runner_meta(checkpoint)
     if meta is None or not isinstance(checkpoint.get('state_dict'), dict):
         raise InputError(f'{src} is not an official trained ConvNeXt detection / segmentation '
                          f'checkpoint (no mmcv 1.x meta and state_dict); --mode full converts '
                          f'only those. Use --mode backbone for backbone weights.')
-    state_dict, renamed = official_dense.map_state_dict(checkpoint['state_dict'])
-    found = official_dense.identify(state_dict)
+    state_dict = checkpoint['state_dict']  # already in our key names
+    found = official_models.identify(state_dict)
     if found['family'] is None:
         raise InputError(f'{src} holds no Cascade Mask R-CNN, Mask R-CNN or UperNet heads '
                          f'(roi_head.* / decode_head.*); use --mode backbone.')
-    configs = official_dense.matching_configs(found['family'], found['arch'])
-    print(f'{src}: {official_dense.describe(meta, found)}; {len(renamed)} key(s) renamed'
+    configs = official_models.matching_configs(found['family'], found['arch'])
+    print(f'{src}: {official_models.describe(meta, found)}'
           + (f'; load it with configs/{" or configs/".join(configs)}' if configs else ''))
-    return dict(meta=official_dense.converted_meta(meta, src), state_dict=state_dict)
+    return dict(meta=official_models.converted_meta(meta, src), state_dict=state_dict)
 
 
 def main(argv=None):
@@ -60,8 +59,8 @@ def main(argv=None):
     checkpoint = _load_checkpoint(args.src, map_location='cpu')
     mode = args.mode
     if mode == 'auto':
-        official = official_dense.old_runner_meta(checkpoint) is not None and \
-            official_dense.identify(checkpoint.get('state_dict') or {})['family'] is not None
+        official = official_models.old_runner_meta(checkpoint) is not None and \
+            official_models.identify(checkpoint.get('state_dict') or {})['family'] is not None
         mode = 'full' if official and args.prefix is None and not args.add_prefix \
             else 'backbone'
     if mode == 'full':

@@ -146,8 +146,8 @@ class Predictor:
     def _load(self, checkpoint: str) -> None:
         from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
-        from convnext_dense.models.checkpoint import check_checkpoint_fits
-        from convnext_dense.models.official_dense import adapt_checkpoint
+        from convnext_dense.checkpoint.fit import check_checkpoint_fits
+        from convnext_dense.checkpoint.official import adapt_checkpoint
         state = _load_checkpoint(checkpoint, map_location='cpu')
         adapt_checkpoint(self.model, state, checkpoint)
         check_checkpoint_fits(self.model, state, checkpoint, require_all=True)

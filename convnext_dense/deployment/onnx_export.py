@@ -92,8 +92,9 @@ def build_pytorch_model(cfg, checkpoint: Optional[str]) -> nn.Module:
     (``init_default_scope``)."""
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS
-    from ..compat.safe_checkpoint import load_checkpoint
-    from ..models.checkpoint import check_checkpoint_fits, convert_checkpoint, extract_state_dict
+    from ..checkpoint.fit import check_checkpoint_fits, checkpoint_tensors, fit_report
+    from ..checkpoint.io import load_checkpoint
+    from ..checkpoint.layouts import convert_checkpoint
     model_cfg = copy.deepcopy(cfg.model)
     bare = _is_bare_backbone(model_cfg)
     if checkpoint is not None:  # the weights come from the checkpoint, not from init_cfg
@@ -103,17 +104,16 @@ def build_pytorch_model(cfg, checkpoint: Optional[str]) -> nn.Module:
         loaded = load_checkpoint(checkpoint, map_location='cpu')
         if bare:  # official / timm / mmpretrain / own layouts, as the backbone's init_cfg
             state_dict = convert_checkpoint(loaded)
-        else:
+            report = fit_report(model, state_dict)
+            if report.missing:
+                raise ValueError(f'Checkpoint {checkpoint} lacks {len(report.missing)} of the '
+                                 f'{len(report.model_keys)} tensors of the model of this config '
+                                 f'(first: {report.missing[0]}); give the checkpoint of this '
+                                 f'config.')
+        else:  # raises for a missing tensor too
             check_checkpoint_fits(model, loaded, checkpoint, require_all=True)
-            state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
-                          for k, v in extract_state_dict(loaded).items()}
+            state_dict = checkpoint_tensors(loaded)
         own = model.state_dict()
-        missing = [k for k in own if k not in state_dict
-                   and not k.endswith('num_batches_tracked')]
-        if missing:
-            raise ValueError(f'Checkpoint {checkpoint} lacks {len(missing)} of the '
-                             f'{len(own)} tensors of the model of this config (first: '
-                             f'{missing[0]}); give the checkpoint of this config.')
         model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     return model.eval()
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import convnext_dense  # noqa: F401  (registers the backend and the hook)
-from convnext_dense.engine.checkpointing import (ATOMIC_BACKEND, AtomicCheckpointHook,
+from convnext_dense.checkpoint.atomic import (ATOMIC_BACKEND, AtomicCheckpointHook,
                                                  AtomicLocalBackend, find_latest_checkpoint,
                                                  save_atomically, write_atomically)
 

@@ -89,7 +89,7 @@ def test_runtime_configs_carry_the_reliability_hooks():
 
 def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
-    from convnext_dense.engine.hooks import get_rng_state, set_rng_state
+    from convnext_dense.engine.reproducibility import get_rng_state, set_rng_state
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     state = get_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())

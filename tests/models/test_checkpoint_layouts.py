@@ -17,7 +17,7 @@ from mmengine.logging import MMLogger
 from timm.models.convnext import checkpoint_filter_fn
 
 from convnext_dense.models import ConvNeXt, convert_checkpoint
-from convnext_dense.models.checkpoint import detect_layout, sparse_to_dense_kernel
+from convnext_dense.checkpoint.layouts import detect_layout, sparse_to_dense_kernel
 
 OUTPUT_NORMS = sorted(f'norm{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
 
@@ -406,7 +406,7 @@ def test_converters_refuse_views_larger_than_their_storage_before_copying():
     converter makes it contiguous: refused by name first, whatever handed the tensor over."""
     import resource
 
-    from convnext_dense.models.checkpoint import convert_checkpoint, sparse_to_dense_kernel
+    from convnext_dense.checkpoint.layouts import convert_checkpoint, sparse_to_dense_kernel
     kernel = torch.zeros(1).expand(49, 1 << 24)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ValueError, match=r'stages\.0\.0\.dwconv\.kernel: .* views '

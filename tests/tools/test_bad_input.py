@@ -71,7 +71,7 @@ def _seg_model_state(toy_ade):
 
 
 def test_checkpoint_of_another_shape_or_model_is_an_error(toy_ade, tmp_path):
-    from convnext_dense.models.checkpoint import check_checkpoint_fits
+    from convnext_dense.checkpoint.fit import check_checkpoint_fits
     state = _seg_model_state(toy_ade)
     assert tuple(state['decode_head.conv_seg.weight'].shape) == (6, 64, 1, 1)
     # 7 classes instead of 6: mmengine alone would only warn and evaluate a half-loaded model

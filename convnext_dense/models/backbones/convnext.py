@@ -181,7 +181,7 @@ class ConvNeXt(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...][,
             sha256=...])`` loads official, FCMAE (sparse or dense), open_clip, timm (CLIP,
             DINOv3), DINOv3, mmpretrain or own checkpoints (see :data:`LAYOUTS` in
-            convnext_dense/models/checkpoint.py); a URL is downloaded once into torch's hub cache, its
+            convnext_dense/checkpoint/layouts.py); a URL is downloaded once into torch's hub cache, its
             SHA-256 checked against ``sha256`` (a hex prefix) or the hash in its file name.
 
     Shapes: input (N, in_channels, H, W); output tuple of (N, dims[i], H / 2**(i+2),
@@ -262,7 +262,7 @@ class ConvNeXt(BaseModule):
         other init_cfg types go to mmengine."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_backbone_checkpoint
+            from ...checkpoint import load_backbone_checkpoint
             if 'checkpoint' not in cfg:
                 raise ConfigKeyError("ConvNeXt init_cfg type='Pretrained' needs checkpoint=PATH.")
             load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),

@@ -1,10 +1,9 @@
-"""Training hooks: stop on a non-finite loss before anything bad is saved; record versions and
-random states for reproducible resumes; refuse checkpoints that do not fit the model; check the
-datasets the Runner built. (The atomic checkpoint hook is in :mod:`.checkpointing`.)"""
+"""Reproducible runs: the library versions and git revision a run used, the random states
+of every rank saved with each checkpoint, and :class:`ReproducibilityHook`, which records
+them and restores them on ``--resume`` so that the resumed run continues bit for bit."""
 import functools
 import glob
 import json
-import math
 import os.path as osp
 import random
 import subprocess
@@ -18,41 +17,13 @@ from mmengine.hooks import Hook
 from ..registry import HOOKS
 
 
-@HOOKS.register_module()
-class StopOnNonFiniteLossHook(Hook):
-    """Raise ``FloatingPointError`` naming the iteration and the loss term as soon as a logged
-    loss is NaN or infinite.
-
-    It runs before the checkpoint and logger hooks, so the step that produced the bad loss is
-    never written to disk: the last checkpoint stays the last good one, and ``--resume``
-    continues from it.
-    """
-
-    priority = 'ABOVE_NORMAL'
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs: Optional[dict] = None) -> None:
-        bad = {}
-        for name, value in (outputs or {}).items():
-            if 'loss' not in name:
-                continue
-            value = float(value.detach().float().mean()) if hasattr(value, 'detach') else value
-            if isinstance(value, float) and not math.isfinite(value):
-                bad[name] = value
-        if not bad:
-            return
-        terms = ', '.join(f'{name}={value}' for name, value in bad.items())
-        last = runner.message_hub.get_info('last_ckpt')
-        raise FloatingPointError(
-            f'Training stopped at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): '
-            f'non-finite loss {terms}. Nothing from this step was saved; the last good '
-            f'checkpoint is {last or "none yet"}. Lower the learning rate or check the data, '
-            f'then continue with --resume.')
-
-
-# ----------------------------------------------------------------------------- reproducibility
 def library_versions() -> Dict[str, Optional[str]]:
-    """Versions of everything that decides the numbers of a run (None: not installed)."""
+    """Versions of everything that decides the numbers of a run.
+
+    Returns:
+        dict[str, str | None]: package -> version (None: not installed), and the
+        convnext_dense git revision.
+    """
     import importlib.metadata
     import platform
 
@@ -92,7 +63,11 @@ def _git_revision() -> Optional[str]:
 
 def get_rng_state() -> dict:
     """The global random states (Python, NumPy, torch CPU and CUDA) in a form that a
-    weights-only ``torch.load`` reads back (ints, tuples, tensors)."""
+    weights-only ``torch.load`` reads back (ints, tuples, tensors).
+
+    Returns:
+        dict: ``python``, ``numpy``, ``torch`` and, where CUDA is initialised, ``cuda``.
+    """
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = dict(python=random.getstate(),
                  numpy=(name, torch.from_numpy(keys.astype(np.int64)), int(pos),
@@ -104,7 +79,11 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`get_rng_state`."""
+    """Inverse of :func:`get_rng_state`.
+
+    Args:
+        state (dict): what :func:`get_rng_state` returned.
+    """
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state['numpy']
@@ -186,7 +165,7 @@ class ReproducibilityHook(Hook):
             load_from=cfg.get('load_from'),
             resume=bool(cfg.get('resume')),
             timestamp=runner.timestamp)
-        from .checkpointing import write_atomically
+        from ..checkpoint.atomic import write_atomically
         write_atomically(json.dumps(info, indent=2, default=str),
                          osp.join(runner.log_dir, 'run_info.json'))
         leftovers = sorted(glob.glob(osp.join(glob.escape(runner.work_dir), '.*.pth*.tmp')))
@@ -274,112 +253,3 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-@HOOKS.register_module()
-class CheckpointFitsModelHook(Hook):
-    """Stop with an error when a checkpoint given as ``load_from`` / ``--resume`` / to
-    tools/test.py does not fit the model (mmengine only logs a warning and carries on with
-    the mismatched tensors left at their initial values).
-
-    An official trained ConvNeXt COCO / ADE20K checkpoint (written by mmcv 1.x) is first
-    mapped to our key names in place, with one report of what was mapped, missing or
-    unexpected (:func:`convnext_dense.models.official_dense.adapt_checkpoint`).
-
-    Args:
-        skip_mismatched (bool): for ``load_from`` only (never for a resume), load the tensors
-            that fit and leave the others (fine-tuning to another number of classes). The
-            skipped tensors are taken out of the checkpoint, logged by name with both shapes
-            and kept in :attr:`skipped`.
-        require_all (bool): every model tensor must be in the checkpoint (testing). A resume
-            and a ``load_from`` without ``skip_mismatched`` require it too.
-    """
-
-    priority = 'VERY_HIGH'
-
-    def __init__(self, skip_mismatched: bool = False, require_all: bool = False) -> None:
-        self.skip_mismatched = skip_mismatched
-        self.require_all = require_all
-        #: (key, checkpoint shape, model shape) of each tensor the last load skipped
-        self.skipped: List[tuple] = []
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        from ..models.checkpoint import check_checkpoint_fits
-        from ..models.official_dense import adapt_checkpoint
-        resume = bool(getattr(runner, '_resume', False))
-        filename = getattr(runner, '_load_from', None)
-        if filename is None and resume:  # --resume without a path: the newest in the work dir
-            from .checkpointing import find_latest_checkpoint
-            filename = find_latest_checkpoint(runner.work_dir)
-        adapt_checkpoint(runner.model, checkpoint, filename, resume=resume,
-                         logger=runner.logger)
-        skip = self.skip_mismatched and not resume
-        # load_from, like resume and tools/test.py, must fill the whole model unless the user
-        # asked for partial loading (--skip-mismatched)
-        check_checkpoint_fits(runner.model, checkpoint, filename, skip_mismatched=skip,
-                              require_all=self.require_all or not skip,
-                              partial_hint=not (resume or self.require_all))
-        self.skipped = skip_mismatched_tensors(runner.model, checkpoint) if skip else []
-        if self.skipped:
-            runner.logger.warning(
-                f'--skip-mismatched: {len(self.skipped)} tensor(s) of {filename} have another '
-                f'shape than the model and were not loaded (they keep their initial '
-                f'values):\n  ' + '\n  '.join(f'{k}: checkpoint {c} vs model {m}'
-                                              for k, c, m in self.skipped))
-
-
-def skip_mismatched_tensors(model, checkpoint: dict) -> List[tuple]:
-    """Remove from ``checkpoint``'s state dict every tensor whose shape differs from the
-    model's tensor of that name (a leading DDP ``module.`` ignored on both sides); return
-    (key, checkpoint shape, model shape) for each, in checkpoint order."""
-    import re
-
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-
-    from ..models.checkpoint import extract_state_dict
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    own = model.state_dict()
-    state_dict = extract_state_dict(checkpoint)
-    skipped = []
-    for key in list(state_dict):
-        name, value = re.sub(r'^module\.', '', key), state_dict[key]
-        if name in own and hasattr(value, 'shape') and \
-                tuple(value.shape) != tuple(own[name].shape):
-            skipped.append((name, tuple(value.shape), tuple(own[name].shape)))
-            del state_dict[key]
-    return skipped
-
-
-# ----------------------------------------------------------------------------- datasets
-@HOOKS.register_module()
-class DatasetCheckHook(Hook):
-    """Stop with a clear error, before the first iteration, when a dataset the Runner built has
-    no samples or lists images / segmentation maps that are not on disk (naming the dataset,
-    how many are missing and the first one). Each split is checked once.
-
-    ``custom_hooks=[dict(type='convnext_dense.DatasetCheckHook')]`` works in any mmengine
-    config; tools/train.py and tools/test.py run the fuller
-    :func:`convnext_dense.datasets.check_dataset_config` themselves.
-    """
-
-    priority = 'VERY_HIGH'
-
-    def __init__(self) -> None:
-        self._checked = set()
-
-    def _check(self, runner, split: str) -> None:
-        if split not in self._checked:
-            from ..datasets.checks import check_built_dataset
-            check_built_dataset(getattr(runner, f'{split}_dataloader').dataset)
-            self._checked.add(split)
-
-    def before_train(self, runner) -> None:
-        self._check(runner, 'train')
-
-    def before_val(self, runner) -> None:
-        self._check(runner, 'val')
-
-    def before_test(self, runner) -> None:
-        self._check(runner, 'test')

@@ -1,39 +1,20 @@
-"""The trained COCO and ADE20K models of the official ConvNeXt repository, loaded as they are.
+"""The paper's trained dense models (mmcv 1.x files) made loadable by mmengine.
 
-facebookresearch/ConvNeXt publishes 13 trained dense models (Cascade Mask R-CNN T/S/B/L/XL,
-Mask R-CNN T; UperNet T/S/B/L/XL): :data:`OFFICIAL_MODELS` names each URL, our config and the
-metric it reproduces. They were written by mmcv 1.x runners, not by mmengine:
-
-- detection: Swin-Transformer-Object-Detection (commit 6a979e2: mmdet 2.11.0, mmcv 1.2.4 to
-  1.4.0), saved by its ``EpochBasedRunnerAmp``: ``{'meta', 'state_dict', 'optimizer', 'amp'}``;
-- segmentation: BEiT's semantic_segmentation (mmseg 0.11.0, mmcv-full 1.3.0), saved by the
-  ConvNeXt ``IterBasedRunnerAmp``: ``{'meta', 'state_dict', 'optimizer'}``.
-
-``meta`` holds plain data only: ``mmcv_version`` and ``time`` (str), ``epoch`` / ``iter``
-(int), ``env_info`` / ``config`` / ``exp_name`` (str), ``seed`` (int or None),
-``mmdet_version`` or ``mmseg_version`` (str), ``CLASSES`` (tuple of str), mmseg's ``PALETTE``
-(list of [r, g, b] lists) and ``hook_msgs`` (``last_ckpt`` str; with ``save_best`` also
-``best_score``, a float that may be a NumPy scalar, and ``best_ckpt``). ``amp`` is apex's
-loss-scaler state, an OrderedDict of ``{'loss_scale': float, 'unskipped': int}``. Our
-weights-only loader (:mod:`convnext_dense.compat.safe_checkpoint`) reads all of it.
-
-Key layout: the backbone keys are the official ones, which ours are. The heads of these
-recipes (mmdet 2.11 FPN, RPNHead, ConvFCBBoxHead 4conv1fc with SyncBN / Shared2FCBBoxHead,
-FCNMaskHead, CascadeRoIHead's per-stage ModuleLists; mmseg 0.11 UPerHead with its PPM, FCNHead)
-carry the same parameter names in mmdet 3.3 / mmseg 1.2, so :data:`RENAMES` is empty; the
-layouts are written down, with their sources, in tests/official_layouts.py. The mapping stays
-one function (:func:`map_state_dict`), so a rename found later is one table entry.
-
-:func:`adapt_checkpoint` is what ``load_from``, tools/test.py and ``--resume`` run (through
-:class:`convnext_dense.engine.CheckpointFitsModelHook`): it recognises such a checkpoint, maps
-its keys in place, logs one report (what was mapped, missing, unexpected) and stops with an
-error naming the config the file belongs to when its layout does not fit the model.
+:data:`OFFICIAL_MODELS` names each of facebookresearch/ConvNeXt's COCO and ADE20K models (URL,
+our config, the metric it reproduces). Their files were written by mmcv 1.x runners; their
+``meta`` holds plain data our weights-only loader reads. Their parameter names are the ones
+mmdet 3.3 / mmseg 1.2 use (tests/official_layouts.py writes the layouts down), so no key is
+renamed. :func:`adapt_checkpoint`, run by ``load_from``, tools/test.py and ``--resume``
+(through :class:`~.fit.CheckpointFitsModelHook`), recognises such a file, drops the old runner
+state, logs one report and stops with an error naming the right config when the file does
+not fit the model. Details: docs/checkpoints.md.
 """
 import re
-from collections import OrderedDict
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+
+from .fit import counted, fit_report
 
 _BASE = 'https://dl.fbaipublicfiles.com/convnext'
 
@@ -92,11 +73,6 @@ OFFICIAL_MODELS: Tuple[OfficialModel, ...] = (
 
 FAMILIES = {'cascade': 'Cascade Mask R-CNN', 'mask_rcnn': 'Mask R-CNN', 'upernet': 'UperNet'}
 
-#: (pattern, replacement) from mmdet 2.11 / mmseg 0.11 names to mmdet 3.3 / mmseg 1.2 names,
-#: applied in order. Empty: every module of the 14 recipes kept its parameter names (see the
-#: module docstring and tests/official_layouts.py).
-RENAMES: Tuple[Tuple[str, str], ...] = ()
-
 #: Checkpoint entries of mmcv 1.x runners that have no use outside their training run.
 RUNNER_STATE = ('optimizer', 'amp')
 
@@ -108,7 +84,14 @@ _ARCH_BY_SHAPE = {(96, 9): 'tiny', (96, 27): 'small', (128, 27): 'base', (192, 2
 # ----------------------------------------------------------------------------- recognition
 def old_runner_meta(checkpoint) -> Optional[dict]:
     """``checkpoint['meta']`` when an mmcv 1.x runner wrote the file (its ``mmcv_version``
-    is 0.x or 1.x), else None. mmengine's checkpoints carry no ``mmcv_version``."""
+    is 0.x or 1.x), else None. mmengine's checkpoints carry no ``mmcv_version``.
+
+    Args:
+        checkpoint (Any): a loaded checkpoint.
+
+    Returns:
+        dict | None: its ``meta``.
+    """
     if not isinstance(checkpoint, dict):
         return None
     meta = checkpoint.get('meta')
@@ -122,7 +105,14 @@ def old_runner_meta(checkpoint) -> Optional[dict]:
 
 def identify(state_dict: Dict[str, torch.Tensor]) -> dict:
     """What a dense state dict holds: ``family`` ('cascade' / 'mask_rcnn' / 'upernet' or
-    None), backbone ``arch`` (or None) and ``num_classes`` (or None)."""
+    None), backbone ``arch`` (or None) and ``num_classes`` (or None).
+
+    Args:
+        state_dict (dict): a dense model's state dict.
+
+    Returns:
+        dict: ``family``, ``arch`` and ``num_classes``.
+    """
     def rows(key):
         value = state_dict.get(key)
         return int(value.shape[0]) if hasattr(value, 'shape') and value.dim() else None
@@ -148,12 +138,28 @@ def identify(state_dict: Dict[str, torch.Tensor]) -> dict:
 
 
 def matching_configs(family: Optional[str], arch: Optional[str]) -> List[str]:
-    """Our configs (relative to configs/) whose official model has this family and arch."""
+    """Our configs whose official model has this family and arch.
+
+    Args:
+        family (str, optional): 'cascade', 'mask_rcnn' or 'upernet'.
+        arch (str, optional): the backbone arch.
+
+    Returns:
+        list[str]: config paths relative to configs/.
+    """
     return [m.config for m in OFFICIAL_MODELS if m.family == family and m.arch == arch]
 
 
 def describe(meta: dict, found: dict) -> str:
-    """One line about an mmcv 1.x checkpoint: its framework, versions, when, what."""
+    """One line about an mmcv 1.x checkpoint: its framework, versions, when, what.
+
+    Args:
+        meta (dict): its ``meta``.
+        found (dict): what :func:`identify` found.
+
+    Returns:
+        str: the description.
+    """
     framework = next((f'{name} {meta[key]}' for key, name in
                       (('mmdet_version', 'mmdet'), ('mmseg_version', 'mmseg'))
                       if isinstance(meta.get(key), str)), 'mmdet 2.x / mmseg 0.x')
@@ -172,70 +178,56 @@ def describe(meta: dict, found: dict) -> str:
     return f'{what} ({"; ".join(parts)})'
 
 
-# ----------------------------------------------------------------------------- mapping
-def map_state_dict(state_dict: Dict[str, torch.Tensor]
-                   ) -> Tuple['OrderedDict[str, torch.Tensor]', List[Tuple[str, str]]]:
-    """The state dict in our key names (tensors untouched, order kept) and the list of
-    (old, new) names that :data:`RENAMES` changed."""
-    mapped, renamed = OrderedDict(), []
-    for key, value in state_dict.items():
-        new = key
-        for pattern, replacement in RENAMES:
-            new = re.sub(pattern, replacement, new)
-        if new != key:
-            renamed.append((key, new))
-        if new in mapped:
-            raise ValueError(f'official checkpoint keys {key!r} and another one both map to '
-                             f'{new!r}; the file is not an official ConvNeXt dense model')
-        mapped[new] = value
-    return mapped, renamed
-
-
-def _unwrap(model):
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    return model
-
-
-def _listed(title: str, keys: List[str], limit: int) -> str:
-    shown = ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)'
-                                       if len(keys) > limit else '')
-    return f'{len(keys)} {title}' + (f': {shown}' if keys else '')
-
-
-def load_report(filename, meta: dict, state_dict, model, renamed, limit: int = 10
+# ----------------------------------------------------------------------------- loading
+def load_report(filename, meta: dict, state_dict, model, limit: int = 10
                 ) -> Tuple[str, List[str], List[str]]:
-    """The report on loading the mapped ``state_dict`` into ``model``, with the lists of
-    missing and unexpected keys (BatchNorm ``num_batches_tracked`` never counts as missing)."""
-    own = _unwrap(model).state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state_dict if k not in own]
+    """The report on loading an official ``state_dict`` into ``model``.
+
+    Args:
+        filename (str): the checkpoint, named in the report.
+        meta (dict): its mmcv 1.x ``meta``.
+        state_dict (dict): its state dict.
+        model (nn.Module): the model, possibly wrapped.
+        limit (int): how many keys to name per list.
+
+    Returns:
+        tuple[str, list[str], list[str]]: the report and the missing and unexpected keys
+        (:func:`~.fit.fit_report`).
+    """
+    fit = fit_report(model, state_dict)
     dtypes = sorted({str(v.dtype).replace('torch.', '') for v in state_dict.values()
                      if hasattr(v, 'dtype')})
-    found = identify(state_dict)
-    lines = [f'Official ConvNeXt checkpoint {filename}: {describe(meta, found)}.',
+    lines = [f'Official ConvNeXt checkpoint {filename}: '
+             f'{describe(meta, identify(state_dict))}.',
              f'Mapped {len(state_dict)} tensors ({", ".join(dtypes)}) to this '
-             f'{type(_unwrap(model)).__name__}; ' + (
-                 _listed('renamed from the mmdet 2.x / mmseg 0.x names',
-                         [f'{a} -> {b}' for a, b in renamed], limit) if renamed else
-                 '0 renamed (mmdet 2.11 / mmseg 0.11 name these modules as mmdet 3.3 / '
-                 'mmseg 1.2 do)') + '.',
-             _listed('missing in the checkpoint', missing, limit) + '; ' +
-             _listed('unexpected in the checkpoint', unexpected, limit) + '.']
-    return '\n'.join(lines), missing, unexpected
+             f'{fit.model_name}; 0 renamed (mmdet 2.11 / mmseg 0.11 name these modules as '
+             f'mmdet 3.3 / mmseg 1.2 do).',
+             counted('missing in the checkpoint', fit.missing, limit) + '; ' +
+             counted('unexpected in the checkpoint', fit.unexpected, limit) + '.']
+    return '\n'.join(lines), fit.missing, fit.unexpected
 
 
 def adapt_checkpoint(model, checkpoint: dict, filename, resume: bool = False,
                      logger=None) -> Optional[str]:
     """Make an official mmcv 1.x dense checkpoint loadable by mmengine, in place.
 
-    Returns None (and changes nothing) for any other checkpoint. Otherwise: refuses
-    ``resume`` (mmcv 1.x runner state cannot continue under mmengine), replaces
-    ``checkpoint['state_dict']`` by :func:`map_state_dict`'s result, drops the
-    :data:`RUNNER_STATE` entries, logs the report of :func:`load_report` and returns it.
-    Raises ``ValueError`` with that report when a key is missing or unexpected, naming the
-    config the checkpoint belongs to.
+    Any other checkpoint is left as it is. For an official one: ``resume`` is refused (mmcv
+    1.x runner state cannot continue under mmengine), the :data:`RUNNER_STATE` entries are
+    dropped and the report of :func:`load_report` is logged.
+
+    Args:
+        model (nn.Module): the model, possibly wrapped.
+        checkpoint (dict): the loaded checkpoint, changed in place.
+        filename (str): the checkpoint's path or URL.
+        resume (bool): whether the Runner resumes from it.
+        logger (logging.Logger, optional): where the report goes (default: mmengine's).
+
+    Returns:
+        str | None: the report, or None for a checkpoint that is not an official one.
+
+    Raises:
+        ValueError: ``resume``, or a key is missing or unexpected (the config the checkpoint
+            belongs to is named).
     """
     meta = old_runner_meta(checkpoint)
     if meta is None or not isinstance(checkpoint.get('state_dict'), dict):
@@ -247,11 +239,9 @@ def adapt_checkpoint(model, checkpoint: dict, filename, resume: bool = False,
             f'({describe(meta, found)}); its optimizer and schedule cannot be resumed by '
             f'mmengine. Evaluate it with tools/test.py CONFIG {filename}, or fine-tune from it '
             f'with load_from={filename} (tools/train.py --cfg-options load_from=...).')
-    mapped, renamed = map_state_dict(checkpoint['state_dict'])
-    checkpoint['state_dict'] = mapped
     for key in RUNNER_STATE:
         checkpoint.pop(key, None)
-    report, missing, unexpected = load_report(filename, meta, mapped, model, renamed)
+    report, missing, unexpected = load_report(filename, meta, checkpoint['state_dict'], model)
     if missing or unexpected:
         configs = matching_configs(found['family'], found['arch'])
         hint = (f'It belongs to configs/{" or configs/".join(configs)}.' if configs else
@@ -269,7 +259,15 @@ def adapt_checkpoint(model, checkpoint: dict, filename, resume: bool = False,
 
 
 def converted_meta(meta: dict, filename) -> dict:
-    """The plain provenance written into a converted copy (tools/convert_checkpoint.py)."""
+    """The plain provenance written into a converted copy (tools/convert_checkpoint.py).
+
+    Args:
+        meta (dict): the official checkpoint's ``meta``.
+        filename (str): where it came from.
+
+    Returns:
+        dict: ``converted_from`` and the ``official`` meta entries kept.
+    """
     kept = {k: meta[k] for k in ('mmcv_version', 'mmdet_version', 'mmseg_version', 'time',
                                  'epoch', 'iter', 'exp_name', 'CLASSES', 'PALETTE')
             if k in meta}

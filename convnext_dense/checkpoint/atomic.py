@@ -37,7 +37,13 @@ def _new_file_mode() -> int:
 
 def write_atomically(data: Union[bytes, str], filepath: str, encoding: str = 'utf-8') -> None:
     """Write ``data`` to ``filepath`` through a temporary file in the same folder + rename, so
-    readers see either the old file or the complete new one, never a partial one."""
+    readers see either the old file or the complete new one, never a partial one.
+
+    Args:
+        data (bytes | str): what to write.
+        filepath (str): the destination.
+        encoding (str): for ``str`` data.
+    """
     folder = osp.dirname(osp.abspath(filepath))
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(filepath), suffix='.tmp')
@@ -87,7 +93,12 @@ class AtomicCheckpointHook(CheckpointHook):
 
 
 def save_atomically(obj, filepath: str) -> None:
-    """``torch.save(obj, filepath)`` through :func:`write_atomically`."""
+    """``torch.save(obj, filepath)`` through :func:`write_atomically`.
+
+    Args:
+        obj (Any): what to save.
+        filepath (str): the destination.
+    """
     import torch
     with io.BytesIO() as buffer:
         torch.save(obj, buffer)
@@ -104,6 +115,12 @@ def find_latest_checkpoint(path: str) -> Optional[str]:
     Unlike mmengine's function of that name, a pointer that is empty (killed while writing it),
     names a missing file, or names a file outside ``path`` (a work dir copied from elsewhere
     keeps the original's absolute path) falls back to the files present in ``path``.
+
+    Args:
+        path (str): the work dir.
+
+    Returns:
+        str | None: the checkpoint's path, or None when there is none.
     """
     save_file = osp.join(path, 'last_checkpoint')
     if osp.isfile(save_file):
