@@ -40,3 +40,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class MissingPackageError(UserError, ModuleNotFoundError):
     """An optional Python package that the chosen feature needs is not installed."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint whose tensor names or shapes do not fit the model it is loaded into."""

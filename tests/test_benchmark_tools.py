@@ -396,6 +396,24 @@ def test_sync_sites_counts_the_lines_that_synchronised(recipe, monkeypatch):
     assert count == 6 and 'test_benchmark_tools.py' in site and 'synchronising_call' in site
 
 
+def test_peak_memory_sees_what_checkpointing_saves(bench):
+    """Where activations dominate (V2-atto, 3.4 M parameters, at 2x3x256x256), the benchmark's
+    peak measure shows with_cp=True holding far less: only the block being recomputed keeps
+    its activations. Measured 139 MiB without, 52 MiB with (13 MiB of weight gradients)."""
+    from convnext_dense.models import ConvNeXt
+    x = torch.randn(2, 3, 256, 256)
+    peaks = {}
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        model = ConvNeXt('v2-atto', with_cp=with_cp).train()
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            sum(o.mean() for o in model(x)).backward()
+        peaks[with_cp] = bench.peak_memory_bytes(step) / 2 ** 20
+    assert peaks[False] > 100 and peaks[True] < 0.5 * peaks[False], peaks
+
+
 @pytest.mark.slow
 def test_benchmark_quick_mode_figures_agree_with_each_other(bench):
     """The ratios the CPU benchmark prints are the ratios of the figures it prints (4 digits)."""
@@ -419,7 +437,8 @@ def test_benchmark_quick_mode_figures_agree_with_each_other(bench):
     mib = [rows[f'backbone_train_{train}_{name}']['peak_mib'] for name in ('ours_with_cp', 'ours')]
     ratio = value(f'backbone_train_{train}_with_cp_memory_ratio')  # MiB printed to 0.1
     assert (mib[0] - 0.05) / (mib[1] + 0.05) - 1e-3 <= ratio <= (mib[0] + 0.05) / (mib[1] - 0.05)
-    assert value(f'backbone_train_{train}_with_cp_memory_ratio') < 1.0  # checkpointing saves
+    # (at 64x64 the weight gradients dominate the peak, so checkpointing need not save there:
+    # CI measured 1.08; test_peak_memory_sees_what_checkpointing_saves checks the claim)
     assert close(value('detector_test_step_128x192_fast_over_eager'),
                  value('detector_test_step_128x192_eager_fp32')
                  / value('detector_test_step_128x192_fast'))

@@ -308,10 +308,10 @@ def build_runner(cfg: Config, splits=('train', 'val'), **fits):
 
 # ----------------------------------------------------------------------------- errors
 def _expected_types() -> tuple:
-    """What a tool reports as one line: our :class:`~convnext_dense.errors.UserError` family,
-    the checkpoint loader's refusals, and a missing file (also from mmengine or mmcv)."""
-    from convnext_dense.checkpoint import DamagedCheckpointError, UnsafeCheckpointError
-    return (UserError, FileNotFoundError, UnsafeCheckpointError, DamagedCheckpointError)
+    """What a tool reports as one line: our :class:`~convnext_dense.errors.UserError` family
+    (the checkpoint loader's refusals included) and a missing file (also from mmengine or
+    mmcv)."""
+    return (UserError, FileNotFoundError)
 
 
 def expected_error(error: BaseException):

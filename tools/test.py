@@ -7,9 +7,11 @@
 Segmentation prints mIoU / mAcc / aAcc overall and IoU / Acc per class; detection prints the
 COCO metrics of the config's evaluator.
 
-CHECKPOINT may be an ONNX file of a segmentor (tools/deployment/export_onnx.py): it is then run
-with onnxruntime (convnext_dense.OnnxSegmentor) in place of the config's PyTorch model, with the
-config's data_preprocessor, test_cfg, dataloader and evaluator; no checkpoint is loaded.
+CHECKPOINT may be an ONNX file (tools/deployment/export_onnx.py) of a segmentor or of a Mask
+R-CNN / Cascade Mask R-CNN detector: it is then run with onnxruntime (convnext_dense.
+OnnxSegmentor / OnnxDetector) in place of the config's PyTorch model, with the config's
+data_preprocessor, test_cfg, dataloader and evaluator (COCO bbox and segm mAP for detectors);
+no checkpoint is loaded.
 """
 import argparse
 import os.path as osp
@@ -22,8 +24,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and evaluate) a convnext_dense '
                                      'detection or segmentation checkpoint')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file, or an exported segmentor '
-                        '(.onnx) to evaluate with onnxruntime')
+    parser.add_argument('checkpoint', help='checkpoint file, or an exported segmentor or '
+                        'Mask R-CNN / Cascade Mask R-CNN detector (.onnx) to evaluate with '
+                        'onnxruntime')
     parser.add_argument('--out', help='detection: a .pkl file for the raw predictions; '
                         'segmentation: a directory for the predicted label maps (PNG)')
     parser.add_argument('--show-dir', help='write images with the predictions drawn here')
@@ -77,19 +80,24 @@ def _enable_tta(cfg, config_path: str) -> None:
 
 
 def _use_onnx_model(cfg, args) -> None:
-    """The config's model becomes convnext_dense.OnnxSegmentor running args.checkpoint."""
+    """The config's model becomes convnext_dense.OnnxSegmentor (segmentation) or
+    convnext_dense.OnnxDetector (Mask R-CNN / Cascade Mask R-CNN) running args.checkpoint."""
     if args.fast:
         raise ConfigError(f'--fast applies to PyTorch models; {args.checkpoint} is an ONNX '
                           f'file (run with onnxruntime). Drop --fast.')
-    if cfg.default_scope != 'mmseg':
+    if args.tta and cfg.default_scope == 'mmdet':
+        raise ConfigError(f'--tta: {args.checkpoint} is an ONNX detector, which returns merged '
+                          f'detections only; evaluate it without --tta.')
+    if cfg.default_scope not in ('mmseg', 'mmdet'):
         raise ConfigError(f'{args.checkpoint}: tools/test.py evaluates ONNX files of '
-                          f'segmentation configs only; {args.config} is a detection config '
-                          f'(see the Deployment section of README.md).')
-    from convnext_dense.deployment import onnx_model_config  # registers OnnxSegmentor
+                          f'segmentation and Mask R-CNN / Cascade Mask R-CNN configs only.')
+    # importing convnext_dense.deployment registers OnnxSegmentor and OnnxDetector
+    from convnext_dense.deployment import onnx_detector_config, onnx_model_config
     require_checkpoint(args.checkpoint, 'ONNX file',
                        'export one with tools/deployment/export_onnx.py CONFIG CHECKPOINT '
                        '--out FILE.onnx')
-    cfg.model = onnx_model_config(cfg.model, osp.abspath(args.checkpoint), args.config)
+    build = onnx_model_config if cfg.default_scope == 'mmseg' else onnx_detector_config
+    cfg.model = build(cfg.model, osp.abspath(args.checkpoint), args.config)
     cfg.load_from = None
 
 

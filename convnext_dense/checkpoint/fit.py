@@ -10,6 +10,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.hooks import Hook
 
+from ..errors import CheckpointMismatchError
 from ..registry import HOOKS
 
 _DDP_PREFIX = 'module.'
@@ -179,14 +180,14 @@ def check_checkpoint_fits(model, checkpoint, filename, skip_mismatched: bool = F
     report = fit_report(model, checkpoint)
     name = report.model_name
     if not report.shares_names:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'Checkpoint {filename} shares no tensor name with this {name}: it is a checkpoint '
             f'of another model. Its keys look like {", ".join(report.checkpoint_keys[:3])}; the '
             f'model\'s like {", ".join(report.model_keys[:3])}. Give a checkpoint trained with '
             f'this config, or convert a backbone checkpoint with tools/convert_checkpoint.py '
             f'--add-prefix backbone.')
     if report.mismatched and not skip_mismatched:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'Checkpoint {filename} does not fit this {name}: {len(report.mismatched)} tensor(s) '
             f'have another shape (another arch or number of classes?):\n  ' +
             '\n  '.join(report.mismatch_lines(limit)) +
@@ -194,7 +195,7 @@ def check_checkpoint_fits(model, checkpoint, filename, skip_mismatched: bool = F
             'mismatched tensors left at their initial values, pass --skip-mismatched to '
             'tools/train.py (load_from only).')
     if report.missing and require_all:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'Checkpoint {filename} lacks {len(report.missing)} of the '
             f'{len(report.model_keys)} tensors of this {name}, which would stay at their '
             f'initial values:\n  ' + '\n  '.join(truncated(report.missing, limit)) +

@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import ConfigError, ConfigKeyError, MissingFileError, UserError
 from .pickle_scan import PickleRefused, PickleTruncated, UnknownGlobal, bounded, scan_pickle
 from .zip_records import BadZip, zip_records
 
@@ -44,11 +45,11 @@ _HISTORY_FIELDS = frozenset({'max_length', '_log_history', '_count_history'})
 _URL_SCHEMES = ('http://', 'https://')
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint holds something a weights-only load does not allow."""
 
 
-class DamagedCheckpointError(ValueError):
+class DamagedCheckpointError(UserError, ValueError):
     """A checkpoint file that is truncated, corrupt or not a torch checkpoint."""
 
 
@@ -569,8 +570,8 @@ def load_local(filename: str, map_location=None):
     """
     filename = osp.expanduser(str(filename))
     if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist; check the path given as '
-                                f'load_from, --resume, init_cfg checkpoint or to tools/test.py')
+        raise MissingFileError(f'checkpoint {filename} does not exist; check the path given as '
+                               f'load_from, --resume, init_cfg checkpoint or to tools/test.py')
     if _is_safetensors(filename):
         return _load_safetensors(filename, map_location)
     if trusted():
@@ -632,7 +633,7 @@ def _cache_name(url: str) -> Tuple[str, str]:
     parsed = urllib.parse.urlparse(url)
     parts = [p for p in urllib.parse.unquote(parsed.path).split('/') if p]
     if not parts or parts[-1] in ('.', '..'):
-        raise ValueError(f'checkpoint URL {url} names no file')
+        raise ConfigError(f'checkpoint URL {url} names no file')
     pieces = [parsed.scheme, parsed.netloc] + parts + ([f'?{parsed.query}'] if parsed.query
                                                       else [])
     name = '--'.join(_escape(p) for p in pieces)
@@ -755,7 +756,7 @@ def _resolve(filename: str) -> str:
                     name = mm.get_deprecated_model_names().get(name, name)
                 models = table()
                 if name not in models:
-                    raise KeyError(f'{filename}: no model {name!r} is known for {prefix}')
+                    raise ConfigKeyError(f'{filename}: no model {name!r} is known for {prefix}')
                 url = models[name]
                 return url if url.startswith(_URL_SCHEMES) else osp.join(
                     mm._get_mmengine_home(), url)

@@ -20,6 +20,7 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import _load_checkpoint
 
+from ..errors import CheckpointMismatchError, ConfigError, InputError, MissingFileError
 from .fit import extract_state_dict, fit_report, load_summary, strip_module_prefix
 from .io import _resolve, fetch, verify_sha256
 
@@ -60,7 +61,7 @@ def check_materialisable(value: torch.Tensor, key: str) -> None:
         return
     held = value.untyped_storage().nbytes() // max(value.element_size(), 1)
     if value.numel() > held:
-        raise ValueError(f'{key}: a tensor of shape {tuple(value.shape)} (stride '
+        raise InputError(f'{key}: a tensor of shape {tuple(value.shape)} (stride '
                          f'{tuple(value.stride())}) views {value.numel()} elements of a storage '
                          f'of {held}; refusing to copy it (a damaged or crafted checkpoint).')
 
@@ -83,12 +84,12 @@ def sparse_to_dense_kernel(kernel: torch.Tensor, key: str = 'kernel') -> torch.T
     if kernel.dim() == 2:
         kernel = kernel.unsqueeze(1)  # depthwise: (K, 1, C)
     if kernel.dim() != 3:
-        raise ValueError(f'{key}: a sparse (MinkowskiEngine) kernel has 2 or 3 dims '
+        raise InputError(f'{key}: a sparse (MinkowskiEngine) kernel has 2 or 3 dims '
                          f'(K, C) / (K, C_in, C_out), got shape {tuple(kernel.shape)}.')
     volume, c_in, c_out = kernel.shape
     size = math.isqrt(volume)
     if size * size != volume:
-        raise ValueError(f'{key}: kernel volume {volume} (shape {tuple(kernel.shape)}) is not a '
+        raise InputError(f'{key}: kernel volume {volume} (shape {tuple(kernel.shape)}) is not a '
                          f'square k * k; only square 2-D kernels convert to a dense Conv2d.')
     # (K, ...) -> (kw, kh, C_in, C_out) -> (C_out, C_in, kh, kw)
     return kernel.reshape(size, size, c_in, c_out).permute(3, 2, 1, 0).contiguous()
@@ -162,8 +163,8 @@ def _layout_named(name: str) -> Layout:
     for layout in LAYOUTS:
         if layout.name == name:
             return layout
-    raise ValueError(f'Unknown checkpoint layout {name!r}; known: '
-                     f'{", ".join(repr(x.name) for x in LAYOUTS)}.')
+    raise ConfigError(f'Unknown checkpoint layout {name!r}; known: '
+                      f'{", ".join(repr(x.name) for x in LAYOUTS)}.')
 
 
 def _apply_rules(key: str, rules) -> str:
@@ -242,10 +243,10 @@ def load_backbone_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     if filename.startswith(('http://', 'https://')):
         filename = fetch(filename, hash_prefix=sha256)
     elif '://' in filename:
-        raise ValueError(f'Pretrained checkpoint {filename!r}: unknown URL scheme; give a local '
-                         f'path or an http(s):// URL')
+        raise ConfigError(f'Pretrained checkpoint {filename!r}: unknown URL scheme; give a '
+                          f'local path or an http(s):// URL')
     elif not osp.isfile(filename):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'Pretrained checkpoint {filename!r} does not exist. Set the backbone\'s '
             f"init_cfg=dict(type='Pretrained', checkpoint=PATH_OR_URL) (or the config's "
             f'load_from) to a file on this machine or a URL, e.g. with --cfg-options '
@@ -259,10 +260,10 @@ def load_backbone_checkpoint(model: nn.Module, filename: str, prefix: Optional[s
     state_dict = convert_checkpoint(checkpoint, prefix=prefix, layout=layout.name)
     report = fit_report(model, state_dict)
     if report.mismatched:
-        raise ValueError(f'Checkpoint {filename} (layout: {layout.name}) does not fit this '
-                         f'{report.model_name} (is it another arch?). Shape mismatch in '
-                         f'{len(report.mismatched)} key(s):\n  ' +
-                         '\n  '.join(report.mismatch_lines()))
+        raise CheckpointMismatchError(
+            f'Checkpoint {filename} (layout: {layout.name}) does not fit this '
+            f'{report.model_name} (is it another arch?). Shape mismatch in '
+            f'{len(report.mismatched)} key(s):\n  ' + '\n  '.join(report.mismatch_lines()))
     model.load_state_dict(state_dict, strict=False)
     MMLogger.get_current_instance().info(load_summary(
         filename, len(state_dict), report.missing, report.unexpected, layout=layout.name))

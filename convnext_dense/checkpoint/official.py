@@ -14,6 +14,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ..errors import CheckpointMismatchError, InputError
 from .fit import counted, fit_report
 
 _BASE = 'https://dl.fbaipublicfiles.com/convnext'
@@ -234,7 +235,7 @@ def adapt_checkpoint(model, checkpoint: dict, filename, resume: bool = False,
         return None
     found = identify(checkpoint['state_dict'])
     if resume:
-        raise ValueError(
+        raise InputError(
             f'{filename} was written by an mmcv {meta.get("mmcv_version")} runner '
             f'({describe(meta, found)}); its optimizer and schedule cannot be resumed by '
             f'mmengine. Evaluate it with tools/test.py CONFIG {filename}, or fine-tune from it '
@@ -246,7 +247,7 @@ def adapt_checkpoint(model, checkpoint: dict, filename, resume: bool = False,
         configs = matching_configs(found['family'], found['arch'])
         hint = (f'It belongs to configs/{" or configs/".join(configs)}.' if configs else
                 'It matches none of our recipes.')
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'{report}\nThe checkpoint\'s layout does not fit this model. {hint} Give the '
             f'config of that recipe; to reuse only its backbone, convert it with '
             f'tools/convert_checkpoint.py {filename} OUT --mode backbone and set '

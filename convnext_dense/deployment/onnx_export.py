@@ -11,8 +11,10 @@ the config's ``data_preprocessor`` (mean / std, BGR->RGB, padding):
   backbone of any segmentation or detection config;
 - ``'features'``: backbone + neck (e.g. FPN) of a detector, ``feat0..`` (the neck's maps).
 
-The whole Mask R-CNN / Cascade Mask R-CNN detectors are not exported: see
-:data:`DETECTOR_BLOCKERS`.
+- ``'model'`` of a Mask R-CNN / Cascade Mask R-CNN detector: the whole detector (RPN, RoI
+  heads, NMS, masks) as our export-time module, outputs ``boxes``, ``scores``, ``labels``,
+  ``num_valid``, ``masks`` (see :mod:`.detector_export`); always the TorchScript exporter at
+  opset :data:`DETECTOR_OPSET` (the dynamo exporter stops on the data-dependent box counts).
 
 Exporter: torch's recommended one, ``torch.onnx.export(..., dynamo=True)`` (torch.export +
 onnxscript); only when it raises does :func:`export_onnx` fall back to the TorchScript exporter
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, UnsupportedError
+from ..errors import CheckpointMismatchError, ConfigError, UnsupportedError, UserError
 from .adaptive_pool import replace_adaptive_pools
 from .runtime import create_session, require, run_session
 
@@ -34,20 +36,20 @@ PARTS = ('model', 'backbone', 'features')
 TS_OPSET = 17  # the TorchScript fallback's opset (the dynamo exporter picks its own)
 EXTERNAL_DATA_BYTES = 1800 * 2**20  # weights above this are saved beside the .onnx file
 
+DETECTOR_OPSET = 17  # whole detectors: TorchScript exporter, torchvision's RoiAlign / NMS
 DETECTOR_BLOCKERS = (
-    'the whole detector does not export to a working ONNX file (measured on Mask R-CNN '
-    'ConvNeXt-T, mmdet 3.3 / mmcv 2.1 / torch 2.14): mmdet\'s box decoder takes an ONNX-only '
-    'branch that imports mmdet.core.export, a module mmdet 3 no longer has; past that, the '
-    'dynamo exporter stops on the data-dependent number of boxes left after score threshold '
-    'and NMS (GuardOnDataDependentSymNode), and the TorchScript exporter freezes the traced '
-    'box counts as constants and writes an mmcv RoIAlign node that onnxruntime refuses '
-    '(Squeeze with an axes attribute at opset 17). Export the backbone + FPN with --part '
-    'features (or the backbone with --part backbone) and run the RPN / RoI heads in '
-    'PyTorch, or use mmdeploy, which replaces NMS and RoIAlign with its own ONNX / TensorRT '
-    'ops.')
+    "mmdet's own predict path does not export to a working ONNX file (measured on Mask R-CNN "
+    "ConvNeXt-T, mmdet 3.3 / mmcv 2.1 / torch 2.14): its box decoder takes an ONNX-only "
+    'branch that imports mmdet.core.export, a module mmdet 3 no longer has; the dynamo '
+    'exporter stops on the data-dependent number of boxes after NMS; the TorchScript exporter '
+    "freezes the traced box counts and writes mmcv's RoIAlign with an opset-17-invalid "
+    'Squeeze. So whole Mask R-CNN / Cascade Mask R-CNN detectors are exported through our '
+    'export-time module (convnext_dense.deployment.detector_export); other detectors (DINO, '
+    'Mask2Former) export their backbone (--part backbone) or backbone + neck (--part '
+    'features) only.')
 
 
-class OnnxCheckError(RuntimeError):
+class OnnxCheckError(UserError, RuntimeError):
     """onnxruntime's outputs differ from PyTorch's by more than the tolerance."""
 
 
@@ -106,10 +108,10 @@ def build_pytorch_model(cfg, checkpoint: Optional[str]) -> nn.Module:
             state_dict = convert_checkpoint(loaded)
             report = fit_report(model, state_dict)
             if report.missing:
-                raise ValueError(f'Checkpoint {checkpoint} lacks {len(report.missing)} of the '
-                                 f'{len(report.model_keys)} tensors of the model of this config '
-                                 f'(first: {report.missing[0]}); give the checkpoint of this '
-                                 f'config.')
+                raise CheckpointMismatchError(
+                    f'Checkpoint {checkpoint} lacks {len(report.missing)} of the '
+                    f'{len(report.model_keys)} tensors of the model of this config (first: '
+                    f'{report.missing[0]}); give the checkpoint of this config.')
         else:  # raises for a missing tensor too
             check_checkpoint_fits(model, loaded, checkpoint, require_all=True)
             state_dict = checkpoint_tensors(loaded)
@@ -131,14 +133,23 @@ def _check_logits_head(segmentor: nn.Module) -> None:
             f'model; export the backbone with --part backbone instead.')
 
 
+def is_whole_detector(cfg, part: str) -> bool:
+    """Whether ``part`` of ``cfg`` is a whole (Mask R-CNN / Cascade Mask R-CNN) detector."""
+    return part == 'model' and not _is_bare_backbone(cfg.model) \
+        and cfg.get('default_scope') == 'mmdet'
+
+
 def check_part(cfg, part: str) -> None:
     """Raise when ``part`` of ``cfg``'s model cannot be exported (before anything is built):
-    an unknown part, or the whole model of a detector (:data:`DETECTOR_BLOCKERS`)."""
+    an unknown part, or the whole model of a detector that is not a Mask R-CNN / Cascade Mask
+    R-CNN (:data:`DETECTOR_BLOCKERS`)."""
+    from .detector_export import SUPPORTED, is_two_stage_mask_config
     if part not in PARTS:
         raise ConfigError(f'part must be one of {PARTS}, got {part!r}.')
-    if part == 'model' and not _is_bare_backbone(cfg.model) \
-            and cfg.get('default_scope') == 'mmdet':
-        raise UnsupportedError(f'{cfg.model.type}: ' + DETECTOR_BLOCKERS)
+    if is_whole_detector(cfg, part) and not is_two_stage_mask_config(cfg):
+        raise UnsupportedError(
+            f'{cfg.model.type}: the whole-detector export supports {SUPPORTED} (model.rpn_head '
+            f'and model.roi_head.mask_head); ' + DETECTOR_BLOCKERS)
 
 
 def export_module(cfg, model: nn.Module, part: str = 'model') -> Tuple[nn.Module, List[str]]:
@@ -146,6 +157,9 @@ def export_module(cfg, model: nn.Module, part: str = 'model') -> Tuple[nn.Module
     The model is deep-copied first: UperNet's pyramid pools are then replaced by
     shape-agnostic ones (:mod:`.adaptive_pool`) without touching ``model``."""
     check_part(cfg, part)
+    if is_whole_detector(cfg, part):
+        from .detector_export import build_export_detector
+        return build_export_detector(cfg, model)
     model = copy.deepcopy(model).eval()
     bare = _is_bare_backbone(cfg.model)
     if part == 'model' and not bare:

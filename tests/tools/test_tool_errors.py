@@ -93,7 +93,11 @@ def test_which_errors_are_expected():
         ConvNeXt('tinny')
     assert _common.expected_error(info.value) is info.value
     assert isinstance(info.value, ValueError)  # callers catching ValueError still do
-    for error in (InputError('bad image'), _common.CfgOptionError('typo')):
+    from convnext_dense.checkpoint import DamagedCheckpointError, UnsafeCheckpointError
+    from convnext_dense.errors import CheckpointMismatchError
+    for error in (InputError('bad image'), _common.CfgOptionError('typo'),
+                  UnsafeCheckpointError('a global'), DamagedCheckpointError('truncated'),
+                  CheckpointMismatchError('another model')):
         assert isinstance(error, UserError) and _common.expected_error(error) is error
     try:  # a built-in error from anywhere (here Python's own): may be a bug
         int('x')

@@ -1,12 +1,23 @@
-"""Export a segmentor (whole-image logits) or a backbone to ONNX and check it with onnxruntime.
+"""Export a segmentor (whole-image logits), a Mask R-CNN / Cascade Mask R-CNN detector or a
+backbone to ONNX and check it with onnxruntime.
 
     python tools/deployment/export_onnx.py CONFIG CHECKPOINT --out FILE.onnx
         [--shape H W] [--dynamic] [--part {model,backbone,features}]
-        [--atol A] [--rtol R] [--benchmark ITERS] [--cfg-options KEY=VALUE ...] [--debug]
+        [--atol A] [--rtol R] [--benchmark ITERS] [--check-images IMG ...]
+        [--cfg-options KEY=VALUE ...] [--debug]
 
 CONFIG: a segmentation config (UperNet: --part model exports the logits, the default), a
-detection config (--part backbone or features; the whole detector does not export), or a
-bare-backbone config (``model = dict(type='convnext_dense.ConvNeXt', arch=...)``).
+detection config (Mask R-CNN / Cascade Mask R-CNN: --part model exports the whole detector;
+any detector: --part backbone or features), or a bare-backbone config
+(``model = dict(type='convnext_dense.ConvNeXt', arch=...)``).
+
+A whole detector is written with the TorchScript exporter (opset 17, standard operators only;
+height and width always dynamic, batch 1) and its outputs are boxes, scores, labels,
+num_valid and 28x28 mask probabilities per image (convnext_dense.deployment.detector_export).
+The check runs mmdet's own predict and onnxruntime on the same inputs (random images, or the
+--check-images files through the config's test pipeline) at the export size and at a second
+size, and compares the kept detections: count, labels, boxes, scores, mask probabilities and
+pasted masks, with the tolerances it prints (DETECTOR_TOLERANCES).
 The input of the ONNX file is the normalised image batch (N, 3, H, W) float32, as the config's
 data_preprocessor makes it. After the export the file is run with onnxruntime on the same
 random inputs as PyTorch (and, with --dynamic, on 2 images of another size); the maximum
@@ -37,8 +48,9 @@ def parse_args(argv=None):
     parser.add_argument('--dynamic', action='store_true',
                         help='symbolic batch, height and width (checked at another size too)')
     parser.add_argument('--part', choices=['model', 'backbone', 'features'], default='model',
-                        help='model: the segmentor logits (default); backbone: the backbone '
-                        "maps; features: backbone + neck (a detector's FPN)")
+                        help='model: the segmentor logits or the whole Mask R-CNN / Cascade '
+                        'Mask R-CNN detector (default); backbone: the backbone maps; '
+                        "features: backbone + neck (a detector's FPN)")
     parser.add_argument('--atol', type=float, default=1e-4,
                         help='check tolerance: absolute part (default 1e-4)')
     parser.add_argument('--rtol', type=float, default=1e-4,
@@ -47,6 +59,9 @@ def parse_args(argv=None):
     parser.add_argument('--benchmark', type=int, default=0, metavar='ITERS',
                         help='also time PyTorch eager and onnxruntime on the CPU (median of '
                         'ITERS runs at the export shape, batch 1)')
+    parser.add_argument('--check-images', nargs='+', metavar='IMG',
+                        help='whole detectors: check on these image files (through the '
+                        "config's test pipeline) besides two random inputs")
     parser.add_argument('--no-fallback', action='store_true', help='fail when the dynamo '
                         'exporter fails instead of falling back to the TorchScript exporter')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -59,8 +74,17 @@ def parse_args(argv=None):
 
 def default_shape(cfg):
     """(H, W) the config's network sees: the sliding-window crop, else the data
-    preprocessor's size, else 512x512."""
+    preprocessor's size, else (detectors) the test pipeline's Resize scale padded to the
+    pad_size_divisor, else 512x512."""
     model = cfg.model
+    if cfg.get('default_scope') == 'mmdet' and 'test_dataloader' in cfg:
+        resize = [s for s in cfg.test_dataloader.dataset.get('pipeline', [])
+                  if s.get('type') == 'Resize' and s.get('scale')]
+        if resize:
+            divisor = (model.get('data_preprocessor') or {}).get('pad_size_divisor', 1) or 1
+            width, height = resize[0]['scale']  # mmdet's Resize scale is (w, h)
+            return tuple(-(-v // divisor) * divisor for v in (min(height, width),
+                                                              max(height, width)))
     test_cfg = model.get('test_cfg') or {}
     if test_cfg.get('mode') == 'slide' and test_cfg.get('crop_size'):
         return tuple(test_cfg['crop_size'])
@@ -74,11 +98,13 @@ def main(argv=None):
     require_checkpoint(args.checkpoint, 'checkpoint', 'give the checkpoint of this config')
     from convnext_dense.deployment import (benchmark, build_pytorch_model, check_inputs,
                                            compare, export_module, export_onnx)
-    from convnext_dense.deployment.onnx_export import check_part
+    from convnext_dense.deployment.onnx_export import check_part, is_whole_detector
     check_part(cfg, args.part)  # a detector's whole model: refused before it is built
     shape = tuple(args.shape) if args.shape else default_shape(cfg)
     model = build_pytorch_model(cfg, args.checkpoint)
     module, output_names = export_module(cfg, model, args.part)
+    if is_whole_detector(cfg, args.part):
+        return export_whole_detector(args, cfg, model, module, shape)
     inputs = check_inputs(shape, args.dynamic)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     result = export_onnx(module, inputs[0], args.out, output_names, dynamic=args.dynamic,
@@ -102,6 +128,72 @@ def main(argv=None):
         print(f'CPU speed at 1x3x{shape[0]}x{shape[1]}, {speed["threads"]} thread(s): PyTorch '
               f'eager {speed["pytorch_s"] * 1e3:.1f} ms, onnxruntime '
               f'{speed["onnxruntime_s"] * 1e3:.1f} ms ({speed["speedup"]:.2f}x)')
+
+
+
+def export_whole_detector(args, cfg, model, module, shape):
+    """Export, check and optionally time a Mask R-CNN / Cascade Mask R-CNN detector."""
+    import time
+
+    import torch
+
+    from convnext_dense.deployment.detector_export import (DETECTOR_TOLERANCES,
+                                                           compare_detector, export_detector,
+                                                           onnx_detector_outputs, onnx_domains,
+                                                           preprocess_images)
+    from convnext_dense.deployment.onnx_export import OnnxCheckError
+    from convnext_dense.deployment.runtime import create_session
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    height, width = shape
+    example = torch.randn(1, 3, height, width, generator=generator)
+    result = export_detector(module, example, args.out)
+    domains = onnx_domains(args.out)
+    print(f'exported the whole detector of {args.config} at {height}x{width} (dynamic '
+          f'height/width, batch 1) with the TorchScript exporter, opset {result["opset"]}, in '
+          f'{result["seconds"]:.1f} s: {args.out} ({osp.getsize(args.out) / 2**20:.1f} MiB); '
+          f'operator domains {domains}')
+    custom = [d for d in domains if d not in ('', 'ai.onnx')]
+    if custom:
+        raise OnnxCheckError(f'{args.out} uses non-standard operator domains {custom}.')
+    inputs = [example, torch.randn(1, 3, height + 64, width - 32 if width > 96 else width + 32,
+                                   generator=generator)]
+    if args.check_images:
+        inputs += preprocess_images(cfg, model, args.check_images)
+    print('check tolerances (max |ONNX - PyTorch|): ' + ', '.join(
+        f'{k} {v:g}' for k, v in DETECTOR_TOLERANCES.items()) + '; count and labels equal')
+    rows = compare_detector(model, module, args.out, inputs)  # raises if off
+    print('onnxruntime vs PyTorch (mmdet predict) per image:')
+    for row in rows:
+        print(f'  input {row["input"]}: {row["detections"]} detections, max diff boxes '
+              f'{row["boxes"]:.3g} px, scores {row["scores"]:.3g}, mask probabilities '
+              f'{row["mask_probs"]:.3g}, pasted mask pixels {row["mask_pixels"]:.3g}')
+    if not any(row['detections'] for row in rows):
+        print('warning: no input gave a detection, so only the counts were compared; pass '
+              'real images with --check-images')
+    print('check passed')
+    if args.benchmark:
+        session = create_session(args.out, threads=torch.get_num_threads())
+        array = example.numpy()
+
+        def median(run):
+            run()
+            times = []
+            for _ in range(args.benchmark):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+            return sorted(times)[len(times) // 2]
+
+        from convnext_dense.deployment.detector_export import reference_predictions
+        with torch.no_grad():
+            eager = median(lambda: module(example))
+        predict = median(lambda: reference_predictions(model, example))
+        onnx = median(lambda: onnx_detector_outputs(session, array))
+        print(f'CPU speed at 1x3x{height}x{width}, {torch.get_num_threads()} thread(s), median '
+              f'of {args.benchmark}: mmdet predict (PyTorch eager) {predict * 1e3:.1f} ms, '
+              f'export module (PyTorch eager) {eager * 1e3:.1f} ms, onnxruntime '
+              f'{onnx * 1e3:.1f} ms ({predict / onnx:.2f}x faster than mmdet predict)')
 
 
 if __name__ == '__main__':
