@@ -43,8 +43,8 @@ export CONVNEXT_DENSE_GPU_FIGURES="$OUT_DIR/figures.jsonl"
 
 if ! "$PY" -c 'import pytest' 2>/dev/null; then
   echo "gpu_check: pytest is not installed for $PY: pip install pytest (on a machine without" \
-       "a registry, put its wheels and those of pluggy, iniconfig, packaging, pygments into" \
-       ".gpu/wheels/ before sourcing .gpu/setup.sh)" >&2
+       "a registry: pip install --no-index --find-links DIR pytest, with the wheels of" \
+       "pytest, pluggy, iniconfig, packaging and pygments in DIR)" >&2
   exit 2
 fi
 

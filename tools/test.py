@@ -126,10 +126,9 @@ def main(argv=None):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     if args.fast:
+        from convnext_dense.checkpoint.fit import unwrap_model
         from convnext_dense.inference.fast import enable_fast_inference
-        model = runner.model
-        while hasattr(model, 'module'):  # DDP and TTA wrappers: speed up the inner model
-            model = model.module
+        model = unwrap_model(runner.model)  # DDP and TTA wrappers: speed up the inner model
         import torch
         low_precision = dict(auto=True, float32=False, bfloat16=torch.bfloat16,
                              float16=torch.float16)[args.fast_dtype]

@@ -96,8 +96,8 @@ class FastRoIAlign(RoIAlign):
     kernel takes only float32/float64 and reads its input as NCHW: a channels-last map gives
     wrong features without an error), outside autocast, the output back in the input map's
     dtype (mmdet writes it into a buffer of that dtype); on the CPU with ``pool_mode='avg'``,
-    torchvision's kernel with the RoIs split over ``torch.get_num_threads()`` threads (2.1x on
-    2 cores for Cascade Mask R-CNN's 1000 RoIs; bit-identical to mmcv's kernel)."""
+    torchvision's kernel with the RoIs split over ``torch.get_num_threads()`` threads
+    (bit-identical to mmcv's kernel; speed in tools/analysis/benchmark.py)."""
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         dtype = input.dtype
