@@ -8,7 +8,8 @@ that the TorchScript exporter lowers to standard ONNX operators (opset 17): anch
 feature-map shapes (dynamic height and width), per-level top-k and NMS of the RPN
 (``NonMaxSuppression``), multi-level ``RoiAlign`` (torchvision's, half-pixel = mmcv's
 ``aligned=True``), every cascade stage's box head (the trained modules themselves), per-class
-NMS by coordinate offsets, and the mask head(s). Box counts are padded to the config's
+NMS by coordinate offsets (or mmcv's soft-NMS, as ``max_per_img`` unrolled steps), and the mask
+head(s). Box counts are padded to the config's
 ``test_cfg.rcnn.max_per_img`` so that every output has a fixed size.
 
 Graph input: ``input`` (N, 3, H, W) float32, normalised and padded as the config's
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from ..errors import UnsupportedError
 
 WH_RATIO_CLIP = 16 / 1000  # mmdet's decode default; no head or config changes it
+SOFT_NMS_METHODS = frozenset({'linear', 'gaussian', 'naive'})  # mmcv's soft_nms methods
 OUTPUT_NAMES = ('boxes', 'scores', 'labels', 'num_valid', 'masks')
 SUPPORTED = ('MaskRCNN (StandardRoIHead) and CascadeRCNN (CascadeRoIHead) with RPNHead, '
              'SingleRoIExtractor + RoIAlign, BBoxHead / ConvFCBBoxHead with '
@@ -96,11 +98,14 @@ def check_detector(detector: nn.Module, config: str = 'the config') -> None:
             _fail(config, f'RoI extractor {type(extractor).__name__} with '
                   f'{type(layer).__name__} (needs SingleRoIExtractor + RoIAlign, avg pooling)')
     test_cfg = detector.test_cfg
-    for stage in ('rpn', 'rcnn'):
+    for stage, types in (('rpn', ('nms',)), ('rcnn', ('nms', 'soft_nms'))):
         nms = (test_cfg or {}).get(stage, {}).get('nms', {})
-        if nms.get('type', 'nms') != 'nms':
+        if nms.get('type', 'nms') not in types:
             _fail(config, f'model.test_cfg.{stage}.nms.type is {nms.get("type")!r} (needs '
-                  f"'nms')")
+                  f'{" or ".join(map(repr, types))})')
+        if nms.get('method', 'linear') not in SOFT_NMS_METHODS:
+            _fail(config, f'model.test_cfg.{stage}.nms.method is {nms.get("method")!r} (needs '
+                  f'one of {sorted(SOFT_NMS_METHODS)})')
     if test_cfg.rcnn.get('max_per_img', 0) <= 0:
         _fail(config, 'model.test_cfg.rcnn.max_per_img must be > 0 (the fixed output size)')
 
@@ -139,6 +144,58 @@ def _nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tenso
     top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()  # safe when empty
     shifted = boxes + (groups.to(boxes.dtype) * (top + 1))[:, None]
     return nms(shifted, scores, iou)
+
+
+def _soft_nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
+                       size: int, iou_threshold: float, method: str = 'linear',
+                       sigma: float = 0.5, min_score: float = 1e-3
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mmcv's ``soft_nms`` as mmdet's ``batched_nms`` runs it (groups shifted apart as in
+    :func:`_nms_by_group`), for the first ``size`` picks, in a fixed number of steps.
+
+    Each step picks the highest remaining score; the others' scores are multiplied by
+    ``1 - IoU`` where IoU >= ``iou_threshold`` ('linear'), by ``exp(-IoU^2 / sigma)``
+    ('gaussian') or by 0 where IoU >= ``iou_threshold`` ('naive'), and boxes whose score
+    fell below ``min_score`` are dropped. Picks come out in descending score, so the first
+    ``size`` of them are mmdet's ``max_per_img`` detections.
+
+    Returns:
+        index (size,) int64 into ``boxes``, the decayed scores (size,) and valid flags (size,)
+        bool; rows after the last valid one are 0.
+    """
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    shifted = boxes + (groups.to(boxes.dtype) * (top + 1))[:, None]
+    # one dummy row (never alive) so that an image without candidates still has an argmax
+    shifted = torch.cat([shifted, shifted.new_zeros(1, 4)])
+    current = torch.cat([scores, scores.new_zeros(1)])
+    alive = torch.cat([torch.ones_like(scores, dtype=torch.bool),
+                       torch.zeros(1, dtype=torch.bool)])
+    x1, y1, x2, y2 = shifted.unbind(dim=1)
+    areas = (x2 - x1) * (y2 - y1)
+    positions = torch.ones_like(current, dtype=torch.long).cumsum(0) - 1
+    picks, picked_scores, valid = [], [], []
+    for _ in range(size):  # unrolled at export: size = max_per_img steps
+        masked = torch.where(alive, current, torch.full_like(current, float('-inf')))
+        pick = masked.argmax()
+        picks.append(pick)
+        picked_scores.append(current[pick])
+        valid.append(alive[pick])
+        width = (torch.minimum(x2, x2[pick]) - torch.maximum(x1, x1[pick])).clamp(min=0)
+        height = (torch.minimum(y2, y2[pick]) - torch.maximum(y1, y1[pick])).clamp(min=0)
+        inter = width * height
+        iou = inter / (areas[pick] + areas - inter)
+        if method == 'gaussian':
+            weight = torch.exp(-(iou * iou) / sigma)
+        else:
+            overlapping = iou >= iou_threshold
+            decayed = (1 - iou) if method == 'linear' else torch.zeros_like(iou)
+            weight = torch.where(overlapping, decayed, torch.ones_like(iou))
+        current = current * weight
+        alive = alive & (positions != pick) & (current >= min_score)
+    valid = torch.stack(valid)
+    index = torch.where(valid, torch.stack(picks), torch.zeros_like(valid, dtype=torch.long))
+    picked_scores = torch.stack(picked_scores)
+    return index, torch.where(valid, picked_scores, torch.zeros_like(picked_scores)), valid
 
 
 def _extract(extractor, feats: Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
@@ -264,9 +321,17 @@ class ExportableTwoStageDetector(nn.Module):
         scores, labels = scores.reshape(-1), labels.reshape(-1)
         keep = scores > self.rcnn_cfg['score_thr']
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        kept = _nms_by_group(boxes, scores, labels, self.rcnn_cfg['nms']['iou_threshold'])
+        nms = self.rcnn_cfg['nms']
         size = int(self.rcnn_cfg['max_per_img'])
-        kept = kept[:size]
+        if nms.get('type', 'nms') == 'soft_nms':
+            index, scores, valid = _soft_nms_by_group(
+                boxes, scores, labels, size, nms['iou_threshold'], nms.get('method', 'linear'),
+                nms.get('sigma', 0.5), nms.get('min_score', 1e-3))
+            flags = valid.to(scores.dtype)
+            boxes = torch.cat([boxes, boxes.new_zeros(1, 4)])[index] * flags[:, None]
+            labels = torch.cat([labels, labels.new_zeros(1)])[index] * valid.long()
+            return boxes, scores, labels, flags
+        kept = _nms_by_group(boxes, scores, labels, nms['iou_threshold'])[:size]
         valid = _pad(torch.ones_like(scores[kept]), size)
         return (_pad(boxes[kept], size), _pad(scores[kept], size), _pad(labels[kept], size),
                 valid)

@@ -4,6 +4,7 @@ ConvNeXt-T and a V2 Mask R-CNN (GRN) run in onnxruntime with the same detections
 predict at two input sizes; only standard ONNX operators appear; the mask paste equals
 mmdet's; unsupported detectors are refused naming the supported ones; tools/test.py on the
 .onnx file gives PyTorch's COCO bbox / segm mAP and the same predictions."""
+import math
 import os.path as osp
 import pickle
 import re
@@ -112,6 +113,43 @@ def test_v2_mask_rcnn_with_grn_matches_pytorch(tmp_path):
     model = seeded_model(cfg, grn=True)
     assert type(model.roi_head).__name__ == 'StandardRoIHead'
     export_and_check(cfg, model, tmp_path, (64, 96), (96, 64), min_detections=30)
+
+
+@pytest.mark.parametrize('method', ['linear', 'gaussian', 'naive'])
+@pytest.mark.parametrize('count', [0, 12, 300])
+def test_soft_nms_equals_mmcv(method, count):
+    """The graph's soft-NMS (the V2 Mask R-CNN recipes' rcnn NMS) picks the boxes mmcv's
+    soft_nms kernel keeps through mmdet's batched_nms, in its order, with its decayed scores;
+    rows past the last pick are zeros."""
+    from mmcv.ops import batched_nms
+    from convnext_dense.deployment.detector_export import _soft_nms_by_group
+    generator = torch.Generator().manual_seed(count)
+    for _ in range(5):
+        corner = torch.rand(count, 2, generator=generator) * 100
+        boxes = torch.cat([corner, corner + torch.rand(count, 2, generator=generator) * 40 + 1],
+                          dim=1)
+        scores = torch.rand(count, generator=generator)
+        labels = torch.randint(0, 5, (count,), generator=generator)
+        if count:
+            dets, keep = batched_nms(boxes, scores, labels,
+                                     dict(type='soft_nms', iou_threshold=0.5, method=method))
+        else:  # mmdet's multiclass_nms returns no detection without calling mmcv
+            dets, keep = torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)
+        index, decayed, valid = _soft_nms_by_group(boxes, scores, labels, 100, 0.5, method)
+        n = min(100, len(keep))
+        assert valid.tolist() == [True] * n + [False] * (100 - n)
+        assert torch.equal(index[:n], keep[:n])
+        torch.testing.assert_close(decayed[:n], dets[:n, -1], atol=1e-6, rtol=0)
+        assert not decayed[n:].any() and not index[n:].any()
+    # by hand: B overlaps A with IoU 0.6, C lies apart; NMS would drop B, linear soft-NMS keeps
+    # it at 0.8 * (1 - 0.6), 'naive' drops it, gaussian decays it by exp(-0.36 / 0.5)
+    boxes = torch.tensor([[0., 0., 10., 10.], [0., 0., 10., 6.], [20., 20., 30., 30.]])
+    index, decayed, valid = _soft_nms_by_group(boxes, torch.tensor([0.9, 0.8, 0.5]),
+                                               torch.zeros(3, dtype=torch.long), 4, 0.5, method)
+    want = dict(linear=([0, 2, 1], [0.9, 0.5, 0.32]), naive=([0, 2], [0.9, 0.5]),
+                gaussian=([0, 2, 1], [0.9, 0.5, 0.8 * math.exp(-0.36 / 0.5)]))[method]
+    assert index[valid].tolist() == want[0]
+    assert decayed[valid].tolist() == pytest.approx(want[1], abs=1e-6)
 
 
 def test_paste_masks_equals_mmdet():
