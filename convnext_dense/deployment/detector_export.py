@@ -135,23 +135,27 @@ def _decode(priors: torch.Tensor, deltas: torch.Tensor, coder, height: torch.Ten
     return boxes
 
 
+def _shift_groups_apart(boxes: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(K, 4) boxes of group g shifted by g * (max coordinate + 1), so that boxes of different
+    groups never overlap (mmcv's batched_nms does the same)."""
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()  # safe when empty
+    return boxes + (groups.to(boxes.dtype) * (top + 1))[:, None]
+
+
 def _nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
                   iou: float) -> torch.Tensor:
     """Indices kept by NMS run separately per group (level or class), by score, descending:
-    the boxes of group g are shifted by g * (max coordinate + 1) so that groups never
-    overlap, then one ``torchvision.ops.nms`` (ONNX NonMaxSuppression) runs."""
+    one ``torchvision.ops.nms`` (ONNX NonMaxSuppression) on :func:`_shift_groups_apart`."""
     from torchvision.ops import nms
-    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()  # safe when empty
-    shifted = boxes + (groups.to(boxes.dtype) * (top + 1))[:, None]
-    return nms(shifted, scores, iou)
+    return nms(_shift_groups_apart(boxes, groups), scores, iou)
 
 
 def _soft_nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
                        size: int, iou_threshold: float, method: str = 'linear',
                        sigma: float = 0.5, min_score: float = 1e-3
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mmcv's ``soft_nms`` as mmdet's ``batched_nms`` runs it (groups shifted apart as in
-    :func:`_nms_by_group`), for the first ``size`` picks, in a fixed number of steps.
+    """mmcv's ``soft_nms`` as mmdet's ``batched_nms`` runs it (groups shifted apart by
+    :func:`_shift_groups_apart`), for the first ``size`` picks, in a fixed number of steps.
 
     Each step picks the highest remaining score; the others' scores are multiplied by
     ``1 - IoU`` where IoU >= ``iou_threshold`` ('linear'), by ``exp(-IoU^2 / sigma)``
@@ -163,8 +167,7 @@ def _soft_nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.
         index (size,) int64 into ``boxes``, the decayed scores (size,) and valid flags (size,)
         bool; rows after the last valid one are 0.
     """
-    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
-    shifted = boxes + (groups.to(boxes.dtype) * (top + 1))[:, None]
+    shifted = _shift_groups_apart(boxes, groups)
     # one dummy row (never alive) so that an image without candidates still has an argmax
     shifted = torch.cat([shifted, shifted.new_zeros(1, 4)])
     current = torch.cat([scores, scores.new_zeros(1)])
@@ -449,12 +452,15 @@ def build_export_detector(cfg, model: nn.Module, config: str = 'the config'
     return module.eval(), list(OUTPUT_NAMES)
 
 
+def has_rpn_and_mask_head(model_cfg) -> bool:
+    """Whether a ``cfg.model`` has an rpn_head and a roi_head with a mask_head (checked in
+    detail once built, by :func:`check_detector`)."""
+    return 'rpn_head' in model_cfg and 'mask_head' in (model_cfg.get('roi_head') or {})
+
+
 def is_two_stage_mask_config(cfg) -> bool:
-    """Whether ``cfg`` is an mmdet config whose model has an rpn_head and a roi_head with a
-    mask_head (checked in detail once built, by :func:`check_detector`)."""
-    model = cfg.model
-    roi = model.get('roi_head') or {}
-    return cfg.get('default_scope') == 'mmdet' and 'rpn_head' in model and 'mask_head' in roi
+    """Whether ``cfg`` is an mmdet config with :func:`has_rpn_and_mask_head`."""
+    return cfg.get('default_scope') == 'mmdet' and has_rpn_and_mask_head(cfg.model)
 
 
 def onnx_detector_outputs(session, images: np.ndarray) -> List[np.ndarray]:
@@ -466,7 +472,6 @@ def onnx_detector_outputs(session, images: np.ndarray) -> List[np.ndarray]:
         return run_session(session, images)
     per_image = [run_session(session, images[i:i + 1]) for i in range(images.shape[0])]
     return [np.concatenate(column) for column in zip(*per_image)]
-
 
 
 # ----------------------------------------------------------------------------- check

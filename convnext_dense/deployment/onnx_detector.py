@@ -13,7 +13,8 @@ from mmdet.models.detectors.base import BaseDetector
 
 from ..errors import ConfigError, InputError, UnsupportedError
 from ..registry import MODELS
-from .detector_export import OUTPUT_NAMES, detections_to_sample, onnx_detector_outputs
+from .detector_export import (OUTPUT_NAMES, detections_to_sample, has_rpn_and_mask_head,
+                              onnx_detector_outputs)
 from .runtime import create_session
 
 
@@ -70,8 +71,7 @@ def onnx_detector_config(model_cfg, onnx_file: str, config_path: str = 'the conf
     ``convnext_dense.OnnxDetector`` running ``onnx_file`` in place of the PyTorch model (same
     data_preprocessor and mask threshold)."""
     rcnn = (model_cfg.get('test_cfg') or {}).get('rcnn')
-    if 'rpn_head' not in model_cfg or 'mask_head' not in (model_cfg.get('roi_head') or {}) \
-            or rcnn is None:
+    if not has_rpn_and_mask_head(model_cfg) or rcnn is None:
         raise ConfigError(f'{config_path}: model {model_cfg.get("type")!r} is not a Mask '
                           f'R-CNN / Cascade Mask R-CNN (rpn_head, roi_head.mask_head, '
                           f'test_cfg.rcnn); tools/test.py evaluates ONNX files of those '

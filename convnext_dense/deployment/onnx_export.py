@@ -283,25 +283,26 @@ def compare(module: nn.Module, onnx_file: str, inputs: Sequence[torch.Tensor],
     return rows
 
 
+def median_call_seconds(run, iters: int = 10, warmup: int = 2) -> float:
+    """Median wall seconds of ``iters`` calls of ``run()`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def benchmark(module: nn.Module, onnx_file: str, example: torch.Tensor, iters: int = 10,
               warmup: int = 2) -> dict:
     """Median seconds per call of PyTorch eager (no grad) and onnxruntime (CPU) on
     ``example``, in one process with the same thread count (torch's and $OMP_NUM_THREADS)."""
     session = create_session(onnx_file, threads=torch.get_num_threads())
     array = example.numpy()
-
-    def median(run):
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
-
     with torch.no_grad():
-        eager = median(lambda: module(example))
-    onnx = median(lambda: run_session(session, array))
+        eager = median_call_seconds(lambda: module(example), iters, warmup)
+    onnx = median_call_seconds(lambda: run_session(session, array), iters, warmup)
     return dict(pytorch_s=eager, onnxruntime_s=onnx, speedup=eager / onnx,
                 threads=torch.get_num_threads())

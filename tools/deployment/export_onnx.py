@@ -130,19 +130,14 @@ def main(argv=None):
               f'{speed["onnxruntime_s"] * 1e3:.1f} ms ({speed["speedup"]:.2f}x)')
 
 
-
 def export_whole_detector(args, cfg, model, module, shape):
     """Export, check and optionally time a Mask R-CNN / Cascade Mask R-CNN detector."""
-    import time
-
     import torch
 
     from convnext_dense.deployment.detector_export import (DETECTOR_TOLERANCES,
                                                            compare_detector, export_detector,
-                                                           onnx_detector_outputs, onnx_domains,
-                                                           preprocess_images)
+                                                           onnx_domains, preprocess_images)
     from convnext_dense.deployment.onnx_export import OnnxCheckError
-    from convnext_dense.deployment.runtime import create_session
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     height, width = shape
@@ -172,28 +167,18 @@ def export_whole_detector(args, cfg, model, module, shape):
         print('warning: no input gave a detection, so only the counts were compared; pass '
               'real images with --check-images')
     print('check passed')
-    if args.benchmark:
-        session = create_session(args.out, threads=torch.get_num_threads())
-        array = example.numpy()
-
-        def median(run):
-            run()
-            times = []
-            for _ in range(args.benchmark):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            return sorted(times)[len(times) // 2]
-
+    if args.benchmark:  # the export module and the file as for any part, plus mmdet's predict
+        from convnext_dense.deployment import benchmark
         from convnext_dense.deployment.detector_export import reference_predictions
-        with torch.no_grad():
-            eager = median(lambda: module(example))
-        predict = median(lambda: reference_predictions(model, example))
-        onnx = median(lambda: onnx_detector_outputs(session, array))
-        print(f'CPU speed at 1x3x{height}x{width}, {torch.get_num_threads()} thread(s), median '
+        from convnext_dense.deployment.onnx_export import median_call_seconds
+        speed = benchmark(module, args.out, example, iters=args.benchmark)
+        predict = median_call_seconds(lambda: reference_predictions(model, example),
+                                      args.benchmark)
+        print(f'CPU speed at 1x3x{height}x{width}, {speed["threads"]} thread(s), median '
               f'of {args.benchmark}: mmdet predict (PyTorch eager) {predict * 1e3:.1f} ms, '
-              f'export module (PyTorch eager) {eager * 1e3:.1f} ms, onnxruntime '
-              f'{onnx * 1e3:.1f} ms ({predict / onnx:.2f}x faster than mmdet predict)')
+              f'export module (PyTorch eager) {speed["pytorch_s"] * 1e3:.1f} ms, onnxruntime '
+              f'{speed["onnxruntime_s"] * 1e3:.1f} ms '
+              f'({predict / speed["onnxruntime_s"]:.2f}x faster than mmdet predict)')
 
 
 if __name__ == '__main__':
